@@ -1,0 +1,16 @@
+"""Read and write CT volumes with exact geometry: DICOM series (folder, study ZIP, enhanced
+multi-frame), NIfTI, NRRD, MHA in; the same formats or a derived DICOM series out. Irregular
+DICOM geometry (tilt, gaps, duplicates) is detected from the slice positions and refused unless
+resampling is asked for. Every write is atomic."""
+from __future__ import annotations
+
+from .dicom_read import SeriesInfo, is_dicom_file, list_dicom_series, read_dicom
+from .dicom_write import write_dicom_series
+from .errors import GeometryError, InputError
+from .formats import FILE_SUFFIXES, file_suffix, read_volume, write_volume
+from .volume import Volume
+
+__all__ = [
+    "FILE_SUFFIXES", "GeometryError", "InputError", "SeriesInfo", "Volume", "file_suffix", "is_dicom_file",
+    "list_dicom_series", "read_dicom", "read_volume", "write_dicom_series", "write_volume",
+]
