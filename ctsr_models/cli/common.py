@@ -35,6 +35,13 @@ def add_read_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-non-ct", action="store_true", help="accept images that do not look like CT in HU")
 
 
+def add_write_args(parser: argparse.ArgumentParser) -> None:
+    """Options that control how the output volume is written."""
+    parser.add_argument("--dtype", choices=("int16", "float32"), default="int16",
+                        help="output voxel type of NIfTI/NRRD/MHA (default int16 HU; DICOM is always int16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DICOM output folder")
+
+
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword options of :func:`ctsr_models.io.read_volume` from parsed arguments."""
     return {

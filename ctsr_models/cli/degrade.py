@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 
 from ctsr_models.io import read_volume, write_volume
-from ctsr_models.io.formats import OUTPUT_DTYPES
 from ctsr_models.physics import PROFILES, simulate_thick_slices
 
-from .common import (add_common_args, add_read_args, non_negative_float, positive_float, print_json, read_options,
-                     refuse_same_path, run_cli)
+from .common import (add_common_args, add_read_args, add_write_args, non_negative_float, positive_float, print_json,
+                     read_options, refuse_same_path, run_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise-hu", type=non_negative_float, default=0.0, metavar="SD",
                         help="add Gaussian noise of this SD (HU)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--dtype", choices=OUTPUT_DTYPES, default="int16", help="output voxel type (default int16 HU)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DICOM output folder")
+    add_write_args(parser)
     add_read_args(parser)
     add_common_args(parser)
     return parser

@@ -5,7 +5,6 @@ It is the demo scan only: it is kept out of training, validation and tuning.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -15,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from .atomic import atomic_file
+from .checksum import sha256
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,6 @@ SAMPLE_NAME = "sample_chest_ct.nii.gz"
 def cache_dir() -> Path:
     """``$CTSR_CACHE`` or ``~/.cache/ctsr``."""
     return Path(os.environ.get("CTSR_CACHE", Path.home() / ".cache" / "ctsr"))
-
-
-def sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sample_ct(directory: str | Path | None = None) -> Path:

@@ -1,0 +1,120 @@
+"""Shipped models: a manifest of named networks with their weights, checked by SHA-256 before loading.
+
+``ctsr_models/weights/models.json`` lists each model: the registered network name and arguments,
+the weights file (a state dict, loaded with ``torch.load(weights_only=True)``), its SHA-256, the
+sliding-window size and the model card. The name ``default`` means the manifest's default model;
+the interpolation baselines (``linear``, ``cubic``, ``lanczos``) are models too, with no network.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctsr_models.io.errors import InputError
+from ctsr_models.io.checksum import sha256
+from ctsr_models.nets import build_net
+
+from .interpolation import INTERPOLATORS
+
+log = logging.getLogger(__name__)
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+MANIFEST_NAME = "models.json"
+
+
+def weights_dir() -> Path:
+    """The folder holding ``models.json`` and the weights: ``$CTSR_WEIGHTS_DIR`` or the shipped one."""
+    return Path(os.environ.get("CTSR_WEIGHTS_DIR") or SHIPPED_WEIGHTS)
+
+
+class WeightsError(InputError):
+    """Weights that are missing, altered or do not fit their network."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One shipped model.
+
+    Attributes:
+        name: the name users pass as ``--model``.
+        net: registered network name (:mod:`ctsr_models.nets`).
+        net_kwargs: arguments of that network.
+        weights: file name under the weights folder.
+        sha256: hex SHA-256 of that file.
+        roi_size: sliding-window size ``(z, y, x)`` in voxels of the output grid.
+        card: model card, relative to the repository.
+        description: one line for menus and ``/info/``.
+    """
+
+    name: str
+    net: str
+    weights: str
+    sha256: str
+    net_kwargs: dict[str, Any] = field(default_factory=dict)
+    roi_size: tuple[int, int, int] = (48, 128, 128)
+    card: str = ""
+    description: str = ""
+
+
+def read_manifest(folder: Path | None = None) -> tuple[dict[str, ModelSpec], str | None]:
+    """The shipped models by name, and the name of the default one (``None`` if none is shipped)."""
+    path = (folder or weights_dir()) / MANIFEST_NAME
+    if not path.exists():
+        return {}, None
+    data = json.loads(path.read_text())
+    specs = {}
+    for entry in data.get("models", []):
+        entry = dict(entry, roi_size=tuple(entry.get("roi_size", ModelSpec.roi_size)))
+        specs[entry["name"]] = ModelSpec(**entry)
+    return specs, data.get("default")
+
+
+def available_models() -> list[str]:
+    """Every name ``--model`` accepts: ``default``, the shipped models and the interpolation baselines."""
+    specs, default = read_manifest()
+    return (["default"] if default else []) + sorted(specs) + list(INTERPOLATORS)
+
+
+def resolve_model(name: str) -> ModelSpec | str:
+    """The :class:`ModelSpec` for ``name``, or the interpolation name for a baseline.
+
+    Raises:
+        InputError: unknown name (the message lists the known ones).
+    """
+    if name in INTERPOLATORS:
+        return name
+    specs, default = read_manifest()
+    key = default if name == "default" else name
+    if key is None or key not in specs:
+        raise InputError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return specs[key]
+
+
+def load_network(spec: ModelSpec, device: torch.device, folder: Path | None = None) -> nn.Module:
+    """Build the network of ``spec`` and load its checked weights, in eval mode on ``device``.
+
+    Raises:
+        WeightsError: the file is missing, its SHA-256 differs from the manifest, or it does not fit.
+    """
+    path = (folder or weights_dir()) / spec.weights
+    if not path.is_file():
+        raise WeightsError(f"weights of model {spec.name!r} not found ({spec.weights}); reinstall the package")
+    digest = sha256(path)
+    if digest != spec.sha256:
+        raise WeightsError(f"weights of model {spec.name!r} fail their SHA-256 check (file altered or corrupt); "
+                           "refusing to load them")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net = build_net(spec.net, **spec.net_kwargs)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights of model {spec.name!r} do not fit network {spec.net!r}") from exc
+    log.info("loaded model %s (%s, sha256 %s...)", spec.name, spec.net, digest[:12])
+    return net.to(device).eval()
