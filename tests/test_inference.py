@@ -14,6 +14,7 @@ from scipy.spatial.transform import Rotation
 from ctsr_models.inference import (INTERPOLATORS, EnhanceOptions, WeightsError, enhance, load_network,
                                    read_manifest, through_plane_grid)
 from ctsr_models.inference.enhance import resampled_input
+from ctsr_models.inference.models import ship_model
 from ctsr_models.io import InputError, Volume
 from ctsr_models.io.checksum import sha256
 from ctsr_models.nets import build_net
@@ -155,3 +156,21 @@ def test_memory_stays_bounded_for_a_600_slice_output(tmp_path, monkeypatch):
     peak_gb = float(proc.stdout.strip().splitlines()[-1])
     print(f"peak RSS {peak_gb:.2f} GB")
     assert peak_gb < 8.0, f"peak RSS {peak_gb:.2f} GB"
+
+
+def test_ship_model_takes_the_ema_weights_of_a_training_checkpoint(tiny_model):
+    torch.manual_seed(1)
+    net = build_net("sr_resnet", features=4, num_blocks=1)
+    ema = torch.optim.swa_utils.AveragedModel(net)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.add_(0.5)
+    checkpoint = tiny_model / "step_0000010.pt"
+    torch.save({"model": net.state_dict(), "ema": ema.state_dict(),
+                "config": {"model": {"name": "sr_resnet", "kwargs": {"features": 4, "num_blocks": 1}}}}, checkpoint)
+    spec = ship_model(checkpoint, "shipped", description="test", card="docs/models/x.md", roi_size=(8, 8, 8))
+    specs, default = read_manifest()
+    assert default == "shipped" and set(specs) == {"tiny", "shipped"} and specs["shipped"] == spec
+    loaded = load_network(spec, torch.device("cpu"))
+    for (name, value), ema_value in zip(loaded.state_dict().items(), ema.module.state_dict().values()):
+        assert torch.equal(value, ema_value), name

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ctsr_models.io.errors import InputError
+from ctsr_models.io.atomic import atomic_file
 from ctsr_models.io.checksum import sha256
+from ctsr_models.io.errors import InputError
 from ctsr_models.nets import build_net
 
 from .interpolation import INTERPOLATORS
@@ -118,3 +119,37 @@ def load_network(spec: ModelSpec, device: torch.device, folder: Path | None = No
         raise WeightsError(f"weights of model {spec.name!r} do not fit network {spec.net!r}") from exc
     log.info("loaded model %s (%s, sha256 %s...)", spec.name, spec.net, digest[:12])
     return net.to(device).eval()
+
+
+def ship_model(checkpoint: str | Path, name: str, *, description: str, card: str,
+               roi_size: tuple[int, int, int] = ModelSpec.roi_size, default: bool = True,
+               folder: Path | None = None) -> ModelSpec:
+    """Add a trained model to the weights folder and its manifest (replacing one of the same name).
+
+    The EMA weights of a complete training checkpoint (``checkpoints/step_*.pt`` or ``last.pt``)
+    are saved as a plain state dict; the network name and arguments come from the checkpoint's
+    resolved config. Files are written atomically.
+
+    Returns:
+        The new :class:`ModelSpec`.
+    """
+    folder = folder or weights_dir()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("ema"):
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    else:
+        weights = state["model"]
+    model_cfg = state["config"]["model"]
+    build_net(model_cfg["name"], **model_cfg["kwargs"]).load_state_dict(weights, strict=True)
+    with atomic_file(folder / f"{name}.pt") as tmp:
+        torch.save(weights, tmp)
+    spec = ModelSpec(name=name, net=model_cfg["name"], weights=f"{name}.pt", sha256=sha256(folder / f"{name}.pt"),
+                     net_kwargs=dict(model_cfg["kwargs"]), roi_size=tuple(roi_size), card=card,
+                     description=description)
+    specs, current = read_manifest(folder)
+    specs[name] = spec
+    manifest = {"default": name if default else current,
+                "models": [dict(vars(s), roi_size=list(s.roi_size)) for s in specs.values()]}
+    with atomic_file(folder / MANIFEST_NAME) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    return spec
