@@ -16,6 +16,16 @@ def _suffixes(path: Path) -> str:
     return "".join(path.suffixes)
 
 
+def _read_umask() -> int:
+    """The process umask, read once at import (setting it to probe is not thread-safe later)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` when the block succeeds.
@@ -31,6 +41,7 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; a result gets the usual mode
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -55,6 +66,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a result gets the usual mode
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old.{os.getpid()}")
