@@ -113,6 +113,14 @@ def test_bad_files_are_refused_with_a_readable_reason(tmp_path, make, message):
         read_volume(path)
 
 
+def test_a_truncated_gzip_volume_is_refused_not_zero_filled(tmp_path):
+    path = tmp_path / "v.nii.gz"
+    write_volume(oblique_volume(), path)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(InputError, match="truncated"):
+        read_volume(path)
+
+
 def test_unknown_file_type_and_output_format(tmp_path):
     txt = tmp_path / "notes.txt"
     txt.write_text("not an image")

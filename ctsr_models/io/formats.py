@@ -7,7 +7,9 @@ series.
 """
 from __future__ import annotations
 
+import gzip
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +66,21 @@ def read_volume(path: str | Path, **dicom_options: Any) -> Volume:
     )
 
 
+def _check_gzip_complete(path: Path) -> None:
+    """SimpleITK fills a truncated ``.gz`` with zeros without an error: read the stream to its end."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"cannot read {path.name}: the file is corrupt or truncated") from exc
+
+
 def _read_itk_file(path: Path, allow_non_ct: bool) -> Volume:
     import SimpleITK as sitk
 
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_complete(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:

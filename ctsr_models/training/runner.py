@@ -7,6 +7,7 @@ and nothing waits on a collective that will never come.
 """
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,16 +126,22 @@ def run(task_name: str, config: str | Path | None = None, out: str | Path | None
     device = dist.pick_device(cfg.trainer.device, info)
     amp_dtype(cfg.trainer.amp, device)
     dist.init(info, device)
-    handler = None
+    handler, trainer = None, None
     try:
         if info.is_main:
             handler = _start_outputs(run_dir, cfg)
         log.info("run folder %s; %d process(es) on %s", run_dir, info.world_size, device)
         trainer = Trainer(task, run_dir, info, device, to_dict(cfg))
         trainer.setup(state)
-        return trainer.fit(stop_at)
+        summary = trainer.fit(stop_at)
+        dist.barrier()  # every rank is done with the group before it goes
+        return summary
     finally:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+        # DDP's reducer holds the process group: free it first, or its destructor can wait forever
+        # on gloo threads after the group (and the other ranks) are gone.
+        del trainer
+        gc.collect()
         dist.destroy()

@@ -1,0 +1,106 @@
+"""The server's image-output tasks as the client sees them in ``GET /info/``.
+
+MONAI Label lists every infer task under ``models``. CT Enhance's tasks have ``type`` ``"others"``
+and an ``output`` entry naming the file ``extensions`` they can write: that pair marks a task whose
+result is an image (segmentation tasks return label maps and have no ``output``). A task's
+``inputs`` say which images it takes: ``image`` alone (a CT), or ``image`` and ``label`` (a frontal
+and a lateral X-ray, uploaded as the form fields ``file`` and ``label``).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SR_TASK = "ct_super_resolution"
+"""The through-plane super-resolution task of CT Enhance's MONAI Label app."""
+
+UPLOAD_FIELDS = {"image": "file", "label": "label"}
+"""Task input key -> multipart form field of ``POST /infer/<task>``."""
+
+RESULT_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")
+"""Result file types CT Enhance's server writes (``result_extension``)."""
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One image-output infer task of the server.
+
+    Attributes:
+        name: the task name in ``POST /infer/<name>``.
+        description: one line from the server.
+        inputs: input key (``image``, ``label``) -> what the server expects there.
+        params: parameter name -> its ``/info/`` description (``type``, ``default``, ``choices``...).
+        models: model names the task offers (empty when it has no ``model`` parameter).
+        default_model: the model used when none is asked for.
+        extensions: result file types the task writes.
+    """
+
+    name: str
+    description: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    models: tuple[str, ...] = ()
+    default_model: str = ""
+    extensions: tuple[str, ...] = RESULT_EXTENSIONS
+
+    @property
+    def takes_xray_pair(self) -> bool:
+        """Whether the task takes two images (a frontal and a lateral X-ray) instead of one volume."""
+        return "image" in self.inputs and "label" in self.inputs
+
+    def choices(self, param: str) -> tuple[str, ...]:
+        """The allowed values of ``param`` (empty when it is free or absent)."""
+        return tuple(str(c) for c in self.params.get(param, {}).get("choices", ()))
+
+    def default(self, param: str) -> Any:
+        """The server's default for ``param`` (``None`` when absent)."""
+        return self.params.get(param, {}).get("default")
+
+    def request_params(self, **values: Any) -> dict[str, Any]:
+        """The ``params`` JSON for a request: the given values that this task declares and that are set.
+
+        Raises:
+            ValueError: a value names a parameter the task does not have.
+        """
+        unknown = sorted(k for k, v in values.items() if v is not None and k not in self.params)
+        if unknown:
+            raise ValueError(f"task {self.name!r} has no parameter {', '.join(unknown)}; "
+                             f"it takes {', '.join(sorted(self.params)) or 'none'}")
+        return {k: v for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_info(cls, name: str, entry: Mapping[str, Any]) -> TaskInfo | None:
+        """The task described by ``entry`` (one value of ``/info/``'s ``models``), or ``None`` when its
+        result is not an image."""
+        output = entry.get("output")
+        if entry.get("type") != "others" or not isinstance(output, Mapping) or not output.get("extensions"):
+            return None
+        params = entry.get("params") if isinstance(entry.get("params"), Mapping) else {}
+        inputs = entry.get("inputs") if isinstance(entry.get("inputs"), Mapping) else {"image": "the volume"}
+        return cls(name=name, description=str(entry.get("description", "")),
+                   inputs={str(k): str(v) for k, v in inputs.items()},
+                   params={str(k): dict(v) for k, v in params.items() if isinstance(v, Mapping)},
+                   models=tuple(str(m) for m in entry.get("models", ()) or ()),
+                   default_model=str(entry.get("default_model", "")),
+                   extensions=tuple(str(e) for e in output["extensions"]))
+
+
+def image_tasks(info: Mapping[str, Any]) -> list[TaskInfo]:
+    """The image-output tasks in a ``GET /info/`` answer, in the server's order."""
+    models = info.get("models") if isinstance(info.get("models"), Mapping) else {}
+    tasks = (TaskInfo.from_info(name, entry) for name, entry in models.items() if isinstance(entry, Mapping))
+    return [task for task in tasks if task is not None]
+
+
+def result_extension(path_name: str) -> str:
+    """The result type a file name asks for (``.nii.gz`` counts as one extension).
+
+    Raises:
+        ValueError: the name does not end in one of :data:`RESULT_EXTENSIONS`.
+    """
+    lower = path_name.lower()
+    for extension in sorted(RESULT_EXTENSIONS, key=len, reverse=True):
+        if lower.endswith(extension):
+            return extension
+    raise ValueError(f"the output must end in {', '.join(RESULT_EXTENSIONS)}: {path_name}")
