@@ -141,7 +141,7 @@ def _timed_write(volume: Volume, path: Path, dtype: str) -> float:
 
 
 def report(rows: list[dict], formats: list[dict], model_note: str, command: str, load: float) -> str:
-    """The ``docs/benchmarks_server.md`` section (``load``: the 1-minute load average when measuring ended)."""
+    """The server section of ``docs/benchmarks.md`` (``load``: the 1-minute load average when measuring ended)."""
     lines = [
         "## Server overhead (MONAI Label, `ct_super_resolution`)", "",
         f"Command: `{command}`  ",
