@@ -56,6 +56,16 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
+def leftovers(server: Server, wait_s: float = 5.0) -> list[str]:
+    """Files in the server's temporary folder, after its clean-up tasks had time to run."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        names = sorted(p.name for p in server.tmp.iterdir())
+        if not names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -24,7 +24,7 @@ import requests
 import SimpleITK as sitk
 import torch
 from conftest import BIN, shared
-from server_fixture import Server, running_server
+from server_fixture import Server, leftovers, running_server
 
 from ctsr_models.io import read_volume, write_volume
 from ctsr_models.io.checksum import sha256
@@ -133,16 +133,6 @@ def assert_same_volume(ours: Path, reference: Path, dtype: str) -> None:
     assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
     for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(a, getter)(), getattr(b, getter)(), atol=1e-4)
-
-
-def leftovers(server: Server, wait_s: float = 5.0) -> list[str]:
-    """Files in the server's temporary folder, after its clean-up tasks had time to run."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        names = sorted(p.name for p in server.tmp.iterdir())
-        if not names or time.monotonic() > deadline:
-            return names
-        time.sleep(0.2)
 
 
 def test_info_and_health_describe_the_task(server):

@@ -28,7 +28,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 from conftest import BIN, REPO, shared
-from server_fixture import Server, free_port, running_server
+from server_fixture import Server, free_port, leftovers, running_server
 
 MODULE_DIR = REPO / "slicer_extension" / "CTEnhance"
 sys.path.insert(0, str(MODULE_DIR))
@@ -64,16 +64,6 @@ def ct() -> Path:
 def studies_files(studies: Path) -> list[str]:
     """Every file in the server's datastore folder (uploads must never land there)."""
     return sorted(str(p.relative_to(studies)) for p in studies.rglob("*") if p.is_file())
-
-
-def leftovers(server: Server, wait_s: float = 5.0) -> list[str]:
-    """Files in the server's temporary folder once its clean-up had time to run."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        names = sorted(p.name for p in server.tmp.iterdir())
-        if not names or time.monotonic() > deadline:
-            return names
-        time.sleep(0.2)
 
 
 def run_job(client: Client, ct: Path, out: Path, params: dict) -> BackgroundJob:
