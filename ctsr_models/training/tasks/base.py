@@ -1,6 +1,7 @@
 """The hooks a task gives the trainer: its config, data, model, loss and validation."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch.utils.data import Dataset
 from ..config import TrainerConfig
 
 
-class Task:
+class Task(ABC):
     """One kind of training (SR, and later denoising, X-ray to CT, diffusion), as small hook methods.
 
     A subclass sets :attr:`name`, :attr:`config_class` (a dataclass with a ``trainer:``
@@ -45,30 +46,30 @@ class Task:
         """Load or build what the datasets need (e.g. decode volumes into a cache); runs on every rank
         before the process group starts, so its errors are one clean line too."""
 
+    @abstractmethod
     def build_model(self) -> nn.Module:
         """The network to train (on the CPU, freshly initialised from the seeded torch RNG)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_dataset(self, rank: int) -> Dataset:
         """Training examples: a map-style dataset whose item ``i`` is fixed by ``(seed, rank, i)``."""
-        raise NotImplementedError
 
     def val_dataset(self) -> Dataset | None:
         """Validation samples (a fixed, finite list), or ``None`` for no validation."""
         return None
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scalar training loss of a batch already on the device (called under autocast)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def val_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, float]]:
         """Metrics of each sample of a validation batch (keys from :attr:`val_metrics`; NaN if undefined)."""
-        raise NotImplementedError
 
     def panels(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """Images ``(H, W)`` in ``[0, 1]`` for TensorBoard from one validation sample (default: none)."""
         return {}
 
+    @abstractmethod
     def flops_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[Any, ...]:
         """Positional model inputs of one sample of ``batch``, for counting FLOPs."""
-        raise NotImplementedError
