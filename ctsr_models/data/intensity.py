@@ -11,7 +11,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-HU_MIN, HU_MAX = -1024.0, 3071.0
+from ctsr_models.metrics import HU_MAX, HU_MIN
+
 HU_SCALE = 1000.0
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
