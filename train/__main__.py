@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        # One write() of one short line: atomic on a pipe, so ranks sharing stderr never interleave.
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), f"error: {exc}\n".encode())
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
