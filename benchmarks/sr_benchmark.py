@@ -8,6 +8,11 @@ real 5 mm chest series (no thin truth) is enhanced to 1 mm for runtime and HU st
 
 Run: ``.venv/bin/python benchmarks/sr_benchmark.py [--model default] [--device auto]``; it writes its
 section of ``docs/benchmarks.md`` and ``docs/figures/sr_coronal.png``.
+
+``--adapt`` runs the per-volume adaptation benchmark instead (:mod:`adapt_bench`): the same metrics on
+the held-out cases and a scan unlike the training data, with the baselines, the pretrained model, the
+model adapted at each ``--adapt-budgets`` (seconds) and ECLARE run from its own environment; it writes the
+``sr_adapt`` section and ``docs/figures/sr_adapt_psnr_time.png``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from ctsr_models.io import Volume, read_volume
 from ctsr_models.metrics import compare_volumes
 from ctsr_models.physics import simulate_thick_slices
 
+from adapt_bench import add_adapt_args, memory_probe, run_adapt_benchmark
 from report import write_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,8 +215,15 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="model to score beside the baselines")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where the markdown and figure go")
+    add_adapt_args(parser)
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
+    if args.memory_probe:
+        memory_probe(args.memory_probe, args.device)
+        return
+    if args.adapt:
+        run_adapt_benchmark(args)
+        return
     models = list(dict.fromkeys([*INTERPOLATORS, args.model]))
     rows, figure_outputs = [], None
     for case in CASES:

@@ -56,11 +56,16 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
+TORCH_CACHE_PREFIX = "torchinductor_"
+"""torch (2.13) creates its compiler cache folder ``$TMPDIR/torchinductor_<user>`` on the first optimizer
+step (per-scan adaptation, X-ray refinement): torch's own, empty of request data, so not a leftover."""
+
+
 def leftovers(server: Server, wait_s: float = 5.0) -> list[str]:
-    """Files in the server's temporary folder, after its clean-up tasks had time to run."""
+    """Request files left in the server's temporary folder, after its clean-up tasks had time to run."""
     deadline = time.monotonic() + wait_s
     while True:
-        names = sorted(p.name for p in server.tmp.iterdir())
+        names = sorted(p.name for p in server.tmp.iterdir() if not p.name.startswith(TORCH_CACHE_PREFIX))
         if not names or time.monotonic() > deadline:
             return names
         time.sleep(0.2)

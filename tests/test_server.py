@@ -147,7 +147,7 @@ def test_info_and_health_describe_the_task(server):
     assert task["params"]["device"]["choices"] == ["auto", "cpu", "cuda"]
     assert task["config"]["model"] == "default" and task["output"]["default_extension"] == ".nrrd"
     health = requests.get(f"{server.url}/health", timeout=10).json()
-    assert health["status"] == "ok" and health["tasks"] == [TASK] and health["infer_off_event_loop"] is True
+    assert health["status"] == "ok" and health["tasks"] == [TASK, "xray_to_ct"] and health["infer_off_event_loop"] is True
 
 
 def test_datastore_image_through_the_network_equals_the_cli(server, data):
@@ -268,6 +268,37 @@ def test_info_answers_while_two_inferences_run_and_both_succeed(server, data):
     assert max(info_times) < 1.0, info_times
     assert results["slow"].status_code == 200 and results["fast"].status_code == 200
     assert results["slow"].json()["output"]["geometry"]["size_xyz"] == [122, 101, 180]
+
+
+def test_adapt_runs_through_the_server_and_reports_progress(server, data):
+    params = {"target_spacing": 1.5, "adapt": True, "adapt_seconds": 20, "adapt_steps": 4}
+    response = infer(server, params, image=STUDY_ID, output="json")
+    assert response.status_code == 200, response.text[:300]
+    result = response.json()
+    adaptation = result["adaptation"]
+    assert adaptation["steps"] <= 4 and adaptation["seconds"] < 20 + 10
+    assert adaptation["heldout_psnr_pretrained"] is not None and isinstance(adaptation["adapted"], bool)
+    assert any(("adapted to this scan" in f) or ("kept the pretrained model" in f) for f in result["findings"])
+    assert result["params"]["adapt"] is True and result["params"]["adapt_seconds"] == 20
+    log = server.log_text()
+    shown = [int(v) for v in re.findall(r"ct_super_resolution: adapting (\d+) %", log)]
+    # adapting is reported (throttled to one line per 2 s and per stage), then the inference stage
+    assert shown and max(shown) <= 50 and "ct_super_resolution: inference" in log
+    info = requests.get(f"{server.url}/info/", timeout=10).json()["models"][TASK]["params"]
+    assert info["adapt"]["default"] is False and info["adapt_profile"]["choices"] == ["rect", "gaussian", "auto"]
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"adapt": "yes"}, "adapt must be true or false"),
+    ({"adapt": True, "adapt_seconds": -1}, "adapt_seconds must be greater than 0"),
+    ({"adapt": True, "adapt_steps": 2.5}, "adapt_steps must be a whole number"),
+    ({"adapt": True, "adapt_profile": "box"}, "unknown adapt_profile"),
+    ({"adapt": True, "model": "cubic"}, "adapt needs a network model"),
+])
+def test_bad_adapt_params_answer_422_json(server, params, words):
+    response = infer(server, {"target_spacing": 1.5, **params}, image=STUDY_ID, output="json")
+    assert response.status_code == 422, response.text[:300]
+    assert words in response.json()["detail"]
 
 
 def test_the_log_names_no_patient_file(server, data):

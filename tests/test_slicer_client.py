@@ -93,6 +93,22 @@ def test_tasks_lists_the_image_output_task(server):
     assert task.choices("device") == ("auto", "cpu", "cuda") and ".nrrd" in task.extensions
 
 
+def test_adapt_to_this_scan_sends_the_checkbox_and_budget_and_gets_the_report(server, ct, tmp_path):
+    task = {t.name: t for t in Client(server.url).tasks()}[SR_TASK]
+    assert task.can_adapt and task.default("adapt") is False
+    assert task.request_params(target_spacing=1.5, **task.adapt_params(False, 60)) == {"target_spacing": 1.5,
+                                                                                       "adapt": False}
+    params = task.request_params(target_spacing=1.5, **task.adapt_params(True, 10))
+    assert params == {"target_spacing": 1.5, "adapt": True, "adapt_seconds": 10.0}
+    result = Client(server.url).infer(SR_TASK, {"image": ct}, tmp_path / "adapted.nrrd", params)
+    adaptation = result.details["adaptation"]
+    assert result.details["params"]["adapt"] is True and adaptation["seconds"] < 10 + 15
+    assert isinstance(adaptation["adapted"], bool) and adaptation["heldout_psnr_pretrained"] is not None
+    assert result.path.exists()
+    with pytest.raises(ValueError, match="positive"):
+        task.adapt_params(True, 0)
+
+
 def test_enhance_equals_ctsr_enhance_and_leaves_nothing_on_the_server(server, studies, ct, tmp_path):
     reports: list[Progress] = []
     before = studies_files(studies)

@@ -40,8 +40,8 @@ REMOVED_IN_312 = {"imp", "distutils", "asynchat", "asyncore", "smtpd"}
 REMOVED_IN_NUMPY_2 = {"float_", "complex_", "unicode_", "string_", "NaN", "Inf", "PINF", "NINF", "infty", "int0",
                       "uint0", "bool8", "product", "cumproduct", "sometrue", "alltrue", "asfarray", "round_",
                       "find_common_type", "cast", "source", "lookfor", "who", "safe_eval", "mat"}
-WIDGET_FOR_TYPE = {"str": {"QLineEdit"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"}, "int": {"QSpinBox"},
-                   "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}}
+WIDGET_FOR_TYPE = {"str": {"QLineEdit"}, "bool": {"QCheckBox"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+                   "int": {"QSpinBox"}, "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"}}
 
 
 def _tree(path: Path) -> ast.Module:

@@ -55,6 +55,18 @@ def _setup_logging(debug: bool) -> None:
     logging.getLogger("PIL").setLevel(logging.WARNING)
 
 
+def _error_line(line: str) -> None:
+    """Write one short line with a single ``write()`` (atomic on a pipe, so torchrun ranks sharing stderr
+    never interleave their lines); through ``sys.stderr`` when it has no file descriptor (captured)."""
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        sys.stderr.write(line)
+        return
+    os.write(fd, line.encode())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     args = parser().parse_intermixed_args(argv)
@@ -68,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as exc:
         if args.debug:
             raise
-        # One write() of one short line: atomic on a pipe, so ranks sharing stderr never interleave.
-        sys.stderr.flush()
-        os.write(sys.stderr.fileno(), f"error: {exc}\n".encode())
+        _error_line(f"error: {exc}\n")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
-from ctsr_models.inference import DEVICES, EnhanceOptions, available_models, enhance
-from ctsr_models.io import read_volume, write_volume
+from ctsr_models.inference import DEVICES, AdaptOptions, EnhanceOptions, available_models, enhance_detailed
+from ctsr_models.inference.adapt import PROFILES
+from ctsr_models.io import InputError, read_volume, write_volume
 
-from .common import (add_common_args, add_read_args, add_write_args, positive_float, print_json, read_options,
-                     refuse_same_path, run_cli)
+from .common import (add_common_args, add_read_args, add_write_args, positive_float, positive_int, print_json,
+                     read_options, refuse_same_path, run_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,27 +26,72 @@ def build_parser() -> argparse.ArgumentParser:
                         help="slab thickness of the input (default: from the header, else the slice spacing)")
     parser.add_argument("--model", default="default", help=f"one of: {', '.join(available_models())}")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where the network runs (default auto)")
+    add_adapt_args(parser)
     add_write_args(parser)
     add_read_args(parser)
     add_common_args(parser)
     return parser
 
 
+def add_adapt_args(parser: argparse.ArgumentParser) -> None:
+    """Options of per-scan adaptation (``--adapt``)."""
+    group = parser.add_argument_group("adapting the model to this scan")
+    group.add_argument("--adapt", action="store_true",
+                       help="first fine-tune a copy of the model on this scan's own in-plane detail (the shipped "
+                            "weights are not changed; the pretrained model is kept if adaptation does not help)")
+    group.add_argument("--adapt-steps", type=positive_int, metavar="N",
+                       help=f"optimizer steps at most (default {AdaptOptions.steps})")
+    group.add_argument("--adapt-seconds", type=positive_float, metavar="S",
+                       help=f"time budget of the fine-tuning in seconds (default {AdaptOptions.seconds:g}; with "
+                            "--adapt-steps alone: no time limit)")
+    group.add_argument("--adapt-profile", choices=PROFILES, default=AdaptOptions.profile,
+                       help="slice profile of the input: rect, gaussian or auto (estimated); default rect")
+    group.add_argument("--save-adapted", type=Path, metavar="PATH",
+                       help="save the weights used (adapted or pretrained) and the run's settings to PATH (.pt)")
+
+
+def adapt_options(args: argparse.Namespace) -> AdaptOptions | None:
+    """The adaptation options of the command line (``None`` without ``--adapt``).
+
+    Raises:
+        InputError: an adaptation option without ``--adapt``.
+    """
+    given = [name for name in ("adapt_steps", "adapt_seconds", "save_adapted") if getattr(args, name) is not None]
+    if not args.adapt:
+        if given or args.adapt_profile != AdaptOptions.profile:
+            shown = given[0] if given else "adapt_profile"
+            raise InputError(f"--{shown.replace('_', '-')} needs --adapt")
+        return None
+    seconds = args.adapt_seconds
+    if seconds is None and args.adapt_steps is None:
+        seconds = AdaptOptions.seconds
+    return AdaptOptions(steps=args.adapt_steps or AdaptOptions.steps, seconds=seconds, profile=args.adapt_profile,
+                        save_path=args.save_adapted)
+
+
 def run(args: argparse.Namespace) -> int:
     refuse_same_path(args.input, args.output)
     start = time.perf_counter()
+    adapt = adapt_options(args)
     volume = read_volume(args.input, **read_options(args))
     options = EnhanceOptions(target_spacing=args.target_spacing, model=args.model,
-                             input_thickness=args.input_thickness, device=args.device)
+                             input_thickness=args.input_thickness, device=args.device, adapt=adapt)
     with tqdm(total=100, desc="enhance", unit="%", disable=args.quiet, leave=False) as bar:
         def progress(fraction: float, stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update(round(fraction * 100) - bar.n)
 
-        result = enhance(volume, options, progress)
+        result, details = enhance_detailed(volume, options, progress)
     write_volume(result, args.output, dtype=args.dtype, overwrite=args.overwrite)
-    print_json({"output": str(args.output), "model": args.model, "geometry": result.geometry_dict(),
-                "seconds": round(time.perf_counter() - start, 2), "findings": result.findings})
+    report = {"output": str(args.output), "model": args.model, "geometry": result.geometry_dict(),
+              "seconds": round(time.perf_counter() - start, 2), "findings": result.findings}
+    if details["adaptation"] is not None:
+        report["adaptation"] = details["adaptation"]
+        if not details["adaptation"]["adapted"]:
+            logging.getLogger("ctsr_models.cli").warning("%s", details["adaptation"]["message"])
+        if args.save_adapted is not None:
+            report["adaptation"]["saved"] = str(args.save_adapted)
+    print_json(report)
     return 0
 
 

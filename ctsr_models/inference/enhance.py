@@ -9,6 +9,10 @@ Pipeline (:func:`enhance`):
        made, :func:`ctsr_models.data.pairs.interpolate_slabs`), then refines that volume with MONAI's
        ``SlidingWindowInferer`` (Gaussian blending), window by window, so memory stays bounded.
     4. The result is float32 HU on the output grid; writers store int16 HU.
+
+With ``EnhanceOptions.adapt`` set, a copy of the network is first fine-tuned on the scan's own in-plane
+detail (:mod:`~ctsr_models.inference.adapt`); the shipped weights are never modified, and the
+pretrained network is kept when adaptation does not beat it on the scan's held-out in-plane pairs.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +31,9 @@ from ctsr_models.data.pairs import interpolate_slabs
 from ctsr_models.io.errors import InputError
 from ctsr_models.io.volume import Volume
 
+from torch import nn
+
+from .adapt import AdaptOptions, adapt_network
 from .grid import ZGrid, through_plane_grid
 from .interpolation import interpolate_to_grid
 from .models import ModelSpec, load_network, resolve_model
@@ -51,6 +59,7 @@ class EnhanceOptions:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         overlap: sliding-window overlap fraction.
         sw_batch_size: windows per network call.
+        adapt: fine-tune a copy of the network on this scan first (``None``: no adaptation).
     """
 
     target_spacing: float = 1.0
@@ -59,6 +68,7 @@ class EnhanceOptions:
     device: str = "auto"
     overlap: float = 0.25
     sw_batch_size: int = 1
+    adapt: AdaptOptions | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -90,15 +100,23 @@ def enhance(volume: Volume, options: EnhanceOptions = EnhanceOptions(), progress
 
     Args:
         volume: thick-slice CT (HU), any regular geometry.
-        options: target spacing, model, thickness, device.
+        options: target spacing, model, thickness, device, adaptation.
         progress: optional callback, see :data:`Progress`.
 
     Returns:
         The enhanced volume (float32 HU) on the output grid, with the source's DICOM identity.
 
     Raises:
-        InputError: target not finer than the input, output too large, unknown model, bad weights.
+        InputError: target not finer than the input, output too large, unknown model, bad weights,
+            adaptation asked for an interpolation model.
     """
+    return enhance_detailed(volume, options, progress)[0]
+
+
+def enhance_detailed(volume: Volume, options: EnhanceOptions = EnhanceOptions(),
+                     progress: Progress | None = None) -> tuple[Volume, dict[str, Any]]:
+    """:func:`enhance`, also returning what was done: ``{"model": name, "adaptation": summary or None}``
+    (the summary of :meth:`~ctsr_models.inference.adapt.AdaptResult.summary`)."""
     report = progress or (lambda fraction, stage: None)
     grid = through_plane_grid(volume, options.target_spacing)
     n_voxels = grid.n_slices * volume.shape[1] * volume.shape[2]
@@ -107,18 +125,29 @@ def enhance(volume: Volume, options: EnhanceOptions = EnhanceOptions(), progress
                          f"{MAX_OUTPUT_VOXELS:,} allowed; choose a larger target spacing")
     thickness = slab_thickness(volume, options.input_thickness)
     model = resolve_model(options.model)
+    if options.adapt is not None and isinstance(model, str):
+        raise InputError(f"model {options.model!r} is an interpolation; adaptation needs a network model")
     report(0.0, "preparing")
+    findings, adaptation = [], None
     if isinstance(model, str):
         array = interpolate_to_grid(volume, grid, model)
         name = model
     else:
-        array = _run_network(volume, grid, thickness, model, options, report)
-        name = model.name
+        net = None
+        if options.adapt is not None:
+            result = adapt_network(volume, model, grid.spacing, thickness, options.adapt,
+                                   pick_device(options.device), lambda f, stage: report(0.5 * f, stage))
+            net, adaptation = result.net, result.summary()
+            findings.append(result.message)
+        infer_report = report if net is None else (lambda f, stage: report(0.5 + 0.5 * f, stage))
+        array = _run_network(volume, grid, thickness, model, options, infer_report, net)
+        name = model.name + (" (adapted to this scan)" if adaptation and adaptation["adapted"] else "")
     report(1.0, "done")
-    return Volume(array, slice_thickness=grid.spacing, meta=dict(volume.meta),
-                  findings=[*volume.findings, f"enhanced: model {name}, slabs {thickness:g} mm every "
-                            f"{volume.spacing[2]:g} mm -> {grid.spacing:g} mm slices"],
-                  **grid.output_geometry(volume))
+    out = Volume(array, slice_thickness=grid.spacing, meta=dict(volume.meta),
+                 findings=[*volume.findings, f"enhanced: model {name}, slabs {thickness:g} mm every "
+                           f"{volume.spacing[2]:g} mm -> {grid.spacing:g} mm slices", *findings],
+                 **grid.output_geometry(volume))
+    return out, {"model": name, "adaptation": adaptation}
 
 
 def resampled_input(volume: Volume, grid: ZGrid) -> np.ndarray:
@@ -135,9 +164,10 @@ def resampled_input(volume: Volume, grid: ZGrid) -> np.ndarray:
 
 
 def _run_network(volume: Volume, grid: ZGrid, thickness: float, spec: ModelSpec, options: EnhanceOptions,
-                 report: Progress) -> np.ndarray:
+                 report: Progress, net: nn.Module | None = None) -> np.ndarray:
+    """Sliding-window inference of ``spec``'s network (or of ``net``, e.g. adapted, when given)."""
     device = pick_device(options.device)
-    net = load_network(spec, device)
+    net = load_network(spec, device) if net is None else net.to(device).eval()
     x = torch.from_numpy(hu_to_net(resampled_input(volume, grid)))[None, None]  # (1, 1, D, H, W), CPU
     ratios = torch.tensor([[thickness / grid.spacing, volume.spacing[2] / grid.spacing]], device=device)
     total = _n_windows(x.shape[2:], spec.roi_size, options.overlap, options.sw_batch_size)

@@ -2,7 +2,9 @@
 
 ``ctsr_models/weights/models.json`` lists each model: the registered network name and arguments,
 the weights file (a state dict, loaded with ``torch.load(weights_only=True)``), its SHA-256, the
-sliding-window size and the model card. The name ``default`` means the manifest's default model;
+sliding-window size and the model card. Each model belongs to one task (``sr``: through-plane
+super-resolution, ``xray2ct``: biplanar X-ray to CT); the name ``default`` means the manifest's default
+model of the task (``"default"`` for ``sr``, ``"defaults": {task: name}`` for the others). For ``sr``
 the interpolation baselines (``linear``, ``cubic``, ``lanczos``) are models too, with no network.
 """
 from __future__ import annotations
@@ -52,6 +54,8 @@ class ModelSpec:
         roi_size: sliding-window size ``(z, y, x)`` in voxels of the output grid.
         card: model card, relative to the repository.
         description: one line for menus and ``/info/``.
+        task: the task the model serves (``sr`` or ``xray2ct``).
+        extra: task-specific settings saved with the model (e.g. the X-ray set-up of ``xray2ct``).
     """
 
     name: str
@@ -62,39 +66,52 @@ class ModelSpec:
     roi_size: tuple[int, int, int] = (48, 128, 128)
     card: str = ""
     description: str = ""
+    task: str = "sr"
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def read_manifest(folder: Path | None = None) -> tuple[dict[str, ModelSpec], str | None]:
-    """The shipped models by name, and the name of the default one (``None`` if none is shipped)."""
+def _read_json(folder: Path | None) -> dict[str, Any]:
     path = (folder or weights_dir()) / MANIFEST_NAME
-    if not path.exists():
-        return {}, None
-    data = json.loads(path.read_text())
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _defaults(data: dict[str, Any]) -> dict[str, str]:
+    """Default model name per task (``"default"`` is the SR one, for manifests older than tasks)."""
+    return {**({"sr": data["default"]} if data.get("default") else {}), **data.get("defaults", {})}
+
+
+def read_manifest(folder: Path | None = None, task: str = "sr") -> tuple[dict[str, ModelSpec], str | None]:
+    """The shipped models of ``task`` by name, and the name of its default (``None`` if none is shipped)."""
+    data = _read_json(folder)
     specs = {}
     for entry in data.get("models", []):
         entry = dict(entry, roi_size=tuple(entry.get("roi_size", ModelSpec.roi_size)))
-        specs[entry["name"]] = ModelSpec(**entry)
-    return specs, data.get("default")
+        if entry.get("task", "sr") == task:
+            specs[entry["name"]] = ModelSpec(**entry)
+    return specs, _defaults(data).get(task)
 
 
-def available_models() -> list[str]:
-    """Every name ``--model`` accepts: ``default``, the shipped models and the interpolation baselines."""
-    specs, default = read_manifest()
-    return (["default"] if default else []) + sorted(specs) + list(INTERPOLATORS)
+def available_models(task: str = "sr") -> list[str]:
+    """Every name ``--model`` accepts for ``task``: ``default``, the shipped models and (SR) the
+    interpolation baselines."""
+    specs, default = read_manifest(task=task)
+    return (["default"] if default else []) + sorted(specs) + (list(INTERPOLATORS) if task == "sr" else [])
 
 
-def resolve_model(name: str) -> ModelSpec | str:
-    """The :class:`ModelSpec` for ``name``, or the interpolation name for a baseline.
+def resolve_model(name: str, task: str = "sr") -> ModelSpec | str:
+    """The :class:`ModelSpec` for ``name``, or the interpolation name for an SR baseline.
 
     Raises:
         InputError: unknown name (the message lists the known ones).
     """
-    if name in INTERPOLATORS:
+    if task == "sr" and name in INTERPOLATORS:
         return name
-    specs, default = read_manifest()
+    specs, default = read_manifest(task=task)
     key = default if name == "default" else name
     if key is None or key not in specs:
-        raise InputError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        known = ", ".join(available_models(task)) or "none shipped"
+        kind = "model" if task == "sr" else f"{task} model"
+        raise InputError(f"unknown {kind} {name!r}; available: {known}")
     return specs[key]
 
 
@@ -123,12 +140,13 @@ def load_network(spec: ModelSpec, device: torch.device, folder: Path | None = No
 
 def ship_model(checkpoint: str | Path, name: str, *, description: str, card: str,
                roi_size: tuple[int, int, int] = ModelSpec.roi_size, default: bool = True,
-               folder: Path | None = None) -> ModelSpec:
+               folder: Path | None = None, task: str = "sr", extra: dict[str, Any] | None = None) -> ModelSpec:
     """Add a trained model to the weights folder and its manifest (replacing one of the same name).
 
     The EMA weights of a complete training checkpoint (``checkpoints/step_*.pt`` or ``last.pt``)
     are saved as a plain state dict; the network name and arguments come from the checkpoint's
-    resolved config. Files are written atomically.
+    resolved config. Files are written atomically. ``task`` and ``extra`` are stored with the model
+    (see :class:`ModelSpec`); ``default`` makes it the default of its task.
 
     Returns:
         The new :class:`ModelSpec`.
@@ -145,11 +163,15 @@ def ship_model(checkpoint: str | Path, name: str, *, description: str, card: str
         torch.save(weights, tmp)
     spec = ModelSpec(name=name, net=model_cfg["name"], weights=f"{name}.pt", sha256=sha256(folder / f"{name}.pt"),
                      net_kwargs=dict(model_cfg["kwargs"]), roi_size=tuple(roi_size), card=card,
-                     description=description)
-    specs, current = read_manifest(folder)
-    specs[name] = spec
-    manifest = {"default": name if default else current,
-                "models": [dict(vars(s), roi_size=list(s.roi_size)) for s in specs.values()]}
+                     description=description, task=task, extra=dict(extra or {}))
+    data = _read_json(folder)
+    entries = {e["name"]: e for e in data.get("models", [])}
+    entries[name] = dict(vars(spec), roi_size=list(spec.roi_size))
+    defaults = _defaults(data)
+    if default:
+        defaults[task] = name
+    manifest = {"default": defaults.get("sr"), "defaults": {k: v for k, v in defaults.items() if k != "sr"},
+                "models": list(entries.values())}
     with atomic_file(folder / MANIFEST_NAME) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return spec

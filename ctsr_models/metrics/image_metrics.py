@@ -102,8 +102,8 @@ def _check_ssim_extent(shape: tuple[int, ...]) -> None:
                          f"axis, got shape {shape}")
 
 
-def ssim3d(pred_hu: np.ndarray, ref_hu: np.ndarray) -> float:
-    """3D SSIM (Gaussian sigma 1.5, data range 1) of two ``(z, y, x)`` HU volumes.
+def ssim3d(pred_hu: np.ndarray, ref_hu: np.ndarray, lo: float = HU_MIN, hi: float = HU_MAX) -> float:
+    """3D SSIM (Gaussian sigma 1.5, data range 1) of two ``(z, y, x)`` HU volumes, ``[lo, hi]`` HU → ``[0, 1]``.
 
     Equal to ``structural_similarity(to_unit(pred), to_unit(ref), gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=1)`` on the whole volume, computed on z-chunks with a halo of
@@ -129,19 +129,21 @@ def ssim3d(pred_hu: np.ndarray, ref_hu: np.ndarray) -> float:
     for z0 in range(r, nz - r, step):
         z1 = min(z0 + step, nz - r)
         a, b = z0 - r, z1 + r  # halo of the filter radius: the core's filtered values are exact
-        _, smap = structural_similarity(to_unit(pred_hu[a:b]), to_unit(ref_hu[a:b]), full=True, **_SSIM_KWARGS)
+        _, smap = structural_similarity(to_unit(pred_hu[a:b], lo, hi), to_unit(ref_hu[a:b], lo, hi), full=True,
+                                        **_SSIM_KWARGS)
         core = smap[r:r + z1 - z0, r:ny - r, r:nx - r]
         total += float(core.sum(dtype=np.float64))
         count += core.size
     return total / count
 
 
-def ssim2d(pred_hu: np.ndarray, ref_hu: np.ndarray) -> float:
-    """Mean over axial (z) slices of the 2D SSIM (Gaussian sigma 1.5, data range 1).
+def ssim2d(pred_hu: np.ndarray, ref_hu: np.ndarray, lo: float = HU_MIN, hi: float = HU_MAX, axis: int = 0) -> float:
+    """Mean over slices of the 2D SSIM (Gaussian sigma 1.5, data range 1), ``[lo, hi]`` HU → ``[0, 1]``.
 
     Args:
         pred_hu: ``(z, y, x)`` predicted HU.
         ref_hu: ``(z, y, x)`` reference HU.
+        axis: the array axis across which slices are taken (0: axial, 1: coronal, 2: sagittal).
 
     Returns:
         The average of the per-slice SSIM values.
@@ -151,8 +153,10 @@ def ssim2d(pred_hu: np.ndarray, ref_hu: np.ndarray) -> float:
     """
     pred_hu, ref_hu = np.asarray(pred_hu), np.asarray(ref_hu)
     _check_pair(pred_hu, ref_hu, ndim=3)
+    pred_hu, ref_hu = np.moveaxis(pred_hu, axis, 0), np.moveaxis(ref_hu, axis, 0)
     _check_ssim_extent(pred_hu.shape[1:])
-    values = [structural_similarity(to_unit(p), to_unit(q), **_SSIM_KWARGS) for p, q in zip(pred_hu, ref_hu)]
+    values = [structural_similarity(to_unit(p, lo, hi), to_unit(q, lo, hi), **_SSIM_KWARGS)
+              for p, q in zip(pred_hu, ref_hu)]
     return float(np.mean(values))
 
 

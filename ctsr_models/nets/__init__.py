@@ -2,11 +2,12 @@
 
 Every network here maps normalised tensors to normalised tensors; the intensity scale, the data and
 the losses belong to the tasks in :mod:`ctsr_models.training`. Build one with
-``build_net("sr_unet", **kwargs)``; ``NETS`` lists the names.
+``build_net("sr_unet", **kwargs)`` or ``build_net("xray2ct", **kwargs)``; ``NETS`` lists the names.
 """
 from __future__ import annotations
 
 from .registry import NETS, build_net, register_net
 from .sr import SRResNet, SRUNet, sr_condition
+from .xray2ct import XrayToCT
 
-__all__ = ["NETS", "SRResNet", "SRUNet", "build_net", "register_net", "sr_condition"]
+__all__ = ["NETS", "SRResNet", "SRUNet", "XrayToCT", "build_net", "register_net", "sr_condition"]

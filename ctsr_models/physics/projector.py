@@ -3,7 +3,8 @@
 HU become linear attenuation coefficients at one effective energy (:func:`hu_to_mu`, anchored on
 water and air), and every detector pixel receives the line integral of attenuation along the ray from
 the source to the pixel centre (:func:`project`): the ray is clipped to the volume's box, sampled at
-uniform steps (midpoint rule) and the volume is interpolated trilinearly with ``grid_sample``. The
+uniform steps (midpoint rule) and the volume is interpolated trilinearly with ``grid_sample`` (border
+values extended over the last half voxel, so a constant volume integrates exactly). The
 whole computation is torch: batched, differentiable with respect to the volume, and on the GPU when
 the volume is. Outputs are the log-domain line integrals ``p`` (dimensionless) or intensities
 ``I0 * exp(-p)`` (:func:`to_intensity`).
@@ -84,31 +85,63 @@ def _ray_box(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tu
     return t0, np.maximum(t1, t0)
 
 
+def _ray_segments(grid: VolumeGrid, geometry: ProjectionGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                           np.ndarray, np.ndarray]:
+    """Every detector ray in index space, clipped to the volume's box (the outer voxel faces).
+
+    Returns:
+        ``(a, b, t0, t1, chord_mm)``: the source ``a`` ``(3,)`` and pixel centres ``b`` ``(R, 3)`` as
+        continuous ``(x, y, z)`` indices, the entry and exit parameters ``(R,)`` of ``a + t (b - a)``,
+        and the length (mm) of each ray inside the box ``(R,)``.
+    """
+    shape_xyz = np.asarray(grid.shape[::-1], dtype=np.float64)
+    pixels = geometry.pixel_centres().reshape(-1, 3)
+    a = grid.world_to_index(np.asarray(geometry.source))
+    b = grid.world_to_index(pixels)
+    t0, t1 = _ray_box(a[None, :], b, np.full(3, -0.5), shape_xyz - 0.5)
+    chord_mm = (t1 - t0) * np.linalg.norm(pixels - np.asarray(geometry.source), axis=-1)
+    return a, b, t0, t1, chord_mm
+
+
+def _sample_coords(a: torch.Tensor, b: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, n: int,
+                   shape_xyz: torch.Tensor) -> torch.Tensor:
+    """Midpoint samples of the rays ``a + t (b - a)``, ``t`` in ``[t0, t1]``: ``(R, n, 3)`` in ``grid_sample``
+    coordinates ([-1, 1], x, y, z order, ``align_corners=True``), computed in the dtype of ``b``."""
+    frac = (torch.arange(n, dtype=b.dtype, device=b.device) + 0.5) / n
+    t = t0[:, None] + (t1 - t0)[:, None] * frac[None, :]
+    idx = a[None, None, :] + t[..., None] * (b - a)[:, None, :]
+    return idx / torch.clamp(shape_xyz - 1, min=1) * 2 - 1
+
+
 def ray_samples(grid: VolumeGrid, geometry: ProjectionGeometry, step_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Sample points of every detector ray inside the volume box, in ``grid_sample`` coordinates.
+
+    :func:`project` makes the same samples chunk by chunk; this materialises all of them (for
+    inspection and tests: ``rows * cols * n * 3`` float64 numbers).
 
     Returns:
         ``(coords, weights)``: coords ``(rows * cols, n, 3)`` in [-1, 1] (x, y, z order,
         ``align_corners=True``), weights ``(rows * cols,)`` = the length (mm) each sample stands for.
     """
-    shape_xyz = np.asarray(grid.shape[::-1], dtype=np.float64)
-    a = grid.world_to_index(np.asarray(geometry.source))
-    b = grid.world_to_index(geometry.pixel_centres().reshape(-1, 3))
-    lo, hi = np.full(3, -0.5), shape_xyz - 0.5
-    t0, t1 = _ray_box(a[None, :], b, lo, hi)
-    ray_mm = np.linalg.norm(geometry.pixel_centres().reshape(-1, 3) - np.asarray(geometry.source), axis=-1)
-    chord_mm = (t1 - t0) * ray_mm
-    n = max(1, math.ceil(float(chord_mm.max(initial=0.0)) / step_mm))
-    frac = (np.arange(n, dtype=np.float64) + 0.5) / n
-    t = t0[:, None] + (t1 - t0)[:, None] * frac[None, :]
-    idx = a[None, None, :] + t[..., None] * (b - a)[:, None, :]
-    coords = idx / np.maximum(shape_xyz - 1, 1) * 2 - 1
-    return coords, chord_mm / n
+    a, b, t0, t1, chord_mm = _ray_segments(grid, geometry)
+    n = _n_samples(chord_mm, step_mm)
+    coords = _sample_coords(*(torch.from_numpy(np.asarray(v, dtype=np.float64)) for v in (a, b, t0, t1)), n,
+                            torch.tensor(grid.shape[::-1], dtype=torch.float64))
+    return coords.numpy(), chord_mm / n
+
+
+def _n_samples(chord_mm: np.ndarray, step_mm: float) -> int:
+    """Samples per ray: enough for the longest chord at ``step_mm`` (shorter chords get finer steps)."""
+    return max(1, math.ceil(float(chord_mm.max(initial=0.0)) / step_mm))
 
 
 def project(mu: torch.Tensor, grid: VolumeGrid, geometries: ProjectionGeometry | Sequence[ProjectionGeometry],
             step_mm: float | None = None, max_samples: int = 1 << 24) -> torch.Tensor:
     """Line integrals of attenuation through ``mu`` onto each detector.
+
+    Outside the box of voxel centres (within half a voxel of the outer faces) the volume is extended
+    by its border values, so the integral along an axis-parallel ray through a constant volume is
+    exactly ``mu`` times the box length.
 
     Args:
         mu: attenuation in 1/mm, ``(z, y, x)`` or ``(B, 1, z, y, x)``, on any device, may require grad.
@@ -116,7 +149,7 @@ def project(mu: torch.Tensor, grid: VolumeGrid, geometries: ProjectionGeometry |
         geometries: one geometry for the whole batch, or one per batch item (all of the same
             detector shape).
         step_mm: sampling step along each ray; default half the smallest voxel size.
-        max_samples: ray samples evaluated at once (bounds memory; results do not depend on it).
+        max_samples: ray samples made and evaluated at once (bounds memory; results do not depend on it).
 
     Returns:
         ``(rows, cols)`` for a 3D input, else ``(B, rows, cols)``: dimensionless line integrals.
@@ -135,19 +168,23 @@ def project(mu: torch.Tensor, grid: VolumeGrid, geometries: ProjectionGeometry |
     if any(g.shape != (rows, cols) for g in geoms):
         raise ValueError("all geometries of one batch need the same detector shape")
     step = float(step_mm) if step_mm else min(grid.spacing) / 2
+    if not step > 0:
+        raise ValueError(f"step_mm must be > 0, got {step_mm}")
+    exact = torch.float32 if vol.device.type == "mps" else torch.float64
+    shape_xyz = torch.tensor(grid.shape[::-1], dtype=exact, device=vol.device)
     outs = []
     for b, g in enumerate(geoms):
-        coords, weights = ray_samples(grid, g, step)
-        coords_t = torch.as_tensor(coords, dtype=vol.dtype, device=vol.device)
-        weights_t = torch.as_tensor(weights, dtype=vol.dtype, device=vol.device)
-        n = coords.shape[1]
+        segments = _ray_segments(grid, g)
+        n = _n_samples(segments[-1], step)
+        a, ends, t0, t1, chord_mm = (torch.as_tensor(v, dtype=exact, device=vol.device) for v in segments)
         chunk = max(1, max_samples // n)
         sums = []
-        for start in range(0, coords.shape[0], chunk):
-            c = coords_t[start:start + chunk][None, :, :, None, :]  # (1, R, n, 1, 3)
-            s = F.grid_sample(vol[b:b + 1], c, mode="bilinear", padding_mode="zeros", align_corners=True)
+        for start in range(0, ends.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            c = _sample_coords(a, ends[sl], t0[sl], t1[sl], n, shape_xyz).to(vol.dtype)[None, :, :, None, :]
+            s = F.grid_sample(vol[b:b + 1], c, mode="bilinear", padding_mode="border", align_corners=True)
             sums.append(s[0, 0, :, :, 0].sum(dim=1))
-        outs.append((torch.cat(sums) * weights_t).reshape(rows, cols))
+        outs.append((torch.cat(sums) * (chord_mm / n).to(vol.dtype)).reshape(rows, cols))
     out = torch.stack(outs)
     return out[0] if single else out
 

@@ -43,14 +43,14 @@ class Reporter:
     """Rank 0's outputs; on other ranks every method does nothing.
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder (``None``: nothing is written).
         enabled: True on rank 0.
         tensorboard: write TensorBoard event files to ``run_dir / "tb"``.
         total_steps: steps of the whole run (progress bar length).
         start_step: step the run starts (or resumes) at.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, start_step: int) -> None:
+    def __init__(self, run_dir: Path | None, enabled: bool, tensorboard: bool, total_steps: int, start_step: int) -> None:
         self.run_dir, self.enabled = run_dir, enabled
         self.writer = None
         if enabled and tensorboard:
@@ -95,7 +95,7 @@ class Reporter:
 
     def summary(self, data: dict[str, Any]) -> Path | None:
         """Write ``summary.json``; returns its path on rank 0."""
-        if not self.enabled:
+        if not self.enabled or self.run_dir is None:
             return None
         path = self.run_dir / "summary.json"
         write_json(path, data)

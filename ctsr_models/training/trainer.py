@@ -14,7 +14,8 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +67,41 @@ def param_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class FitControl:
+    """Hooks for a run driven from code rather than from ``python -m train`` (e.g. per-scan adaptation).
+
+    Attributes:
+        deadline: ``time.perf_counter()`` value after which :meth:`Trainer.fit` stops, after the step in
+            progress (and its validation, if one is due); ``None``: no time limit.
+        on_step: called after every optimizer step with the step number.
+        on_validation: called after every validation with the step and the metrics; returning True
+            stops the run (early stopping).
+    """
+
+    deadline: float | None = None
+    on_step: Callable[[int], None] | None = None
+    on_validation: Callable[[int, dict[str, float]], bool] | None = None
+
+    def out_of_time(self) -> bool:
+        """True once the deadline has passed."""
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
+
 class Trainer:
     """Trains a :class:`~ctsr_models.training.tasks.base.Task`.
 
     Args:
         task: the task (already checked and prepared).
-        run_dir: the run folder (written by rank 0 only).
+        run_dir: the run folder (written by rank 0 only); ``None`` for a run that writes nothing (one
+            process, no checkpoints, no summary file, no TensorBoard).
         info: this process's ranks.
         device: this process's device.
         config: the resolved config as plain data (stored in every checkpoint).
     """
 
-    def __init__(self, task: Task, run_dir: Path, info: DistInfo, device: torch.device, config: dict[str, Any]) -> None:
+    def __init__(self, task: Task, run_dir: Path | None, info: DistInfo, device: torch.device,
+                 config: dict[str, Any]) -> None:
         self.task, self.cfg = task, task.trainer_cfg
         self.run_dir, self.info, self.device, self.config = run_dir, info, device, config
         self.amp = amp_dtype(self.cfg.amp, device)
@@ -115,8 +139,10 @@ class Trainer:
         seed_everything(cfg.seed + self.info.rank)
         if state is not None:
             self._restore(state)
-        self.flops = flops_per_sample(raw, self._sample_inputs()) if self.info.is_main else None
-        self.reporter = Reporter(self.run_dir, self.info.is_main, cfg.tensorboard, cfg.steps, self.step)
+        in_memory = self.run_dir is None  # nothing reports throughput: skip counting FLOPs
+        self.flops = flops_per_sample(raw, self._sample_inputs()) if self.info.is_main and not in_memory else None
+        self.reporter = Reporter(self.run_dir, self.info.is_main, cfg.tensorboard and self.run_dir is not None,
+                                 cfg.steps, self.step)
 
     def _restore(self, state: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -195,15 +221,22 @@ class Trainer:
         elapsed, self._clock = now - self._clock, now
         return elapsed
 
-    def fit(self, stop_at: int | None = None) -> dict[str, Any]:
+    def fit(self, stop_at: int | None = None, control: FitControl | None = None) -> dict[str, Any]:
         """Train until ``trainer.steps`` (or until step ``stop_at``, with a checkpoint to resume from).
 
         Throughput counts training steps only: the first step of a launch (warm-up, compilation),
         validation and checkpointing are left out of ``samples_per_s``.
 
+        Args:
+            stop_at: stop after this step.
+            control: optional time limit, per-step callback and early stopping (one process only).
+
         Returns:
             The run summary (also written to ``summary.json`` by rank 0).
         """
+        control = control or FitControl()
+        if self.info.distributed and (control.deadline is not None or control.on_validation is not None):
+            raise ValueError("a time limit or early stopping needs a single-process run (ranks would disagree)")
         cfg, started = self.cfg, time.perf_counter()
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         per_step = cfg.batch_size * cfg.grad_accum
@@ -211,7 +244,7 @@ class Trainer:
         self._clock, pending, first = time.perf_counter(), 0, True
         self.raw.train()
         with self.reporter.session():
-            while self.step < end:
+            while self.step < end and not control.out_of_time():
                 loss, grad_norm = self._train_step(batches)
                 self.step, self.samples, pending = self.step + 1, self.samples + per_step, pending + per_step
                 if first:
@@ -229,16 +262,28 @@ class Trainer:
                 if log_now:
                     self._log_step(loss, grad_norm, rate)
                 self.reporter.step(self.last_loss if log_now else None, rate)
+                if control.on_step is not None:
+                    control.on_step(self.step)
+                stop = control.out_of_time()
                 if val_now:
-                    self.validate()
+                    stop = self._validate_with(control) or stop
                 if ckpt_now:
                     self.save()
                 if val_now or ckpt_now:
                     self._tick()
+                if stop:
+                    log.info("stopping at step %d (%s)", self.step,
+                             "time limit" if control.out_of_time() else "early stopping")
+                    break
         del batches
         if self.step != self._last_ckpt_step:
             self.save()
         return self._finish(time.perf_counter() - started, stop_at)
+
+    def _validate_with(self, control: FitControl) -> bool:
+        """Validate, then ask ``control`` whether to stop."""
+        metrics = self.validate()
+        return bool(control.on_validation(self.step, metrics)) if control.on_validation is not None else False
 
     def _log_step(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, rate: float | None) -> None:
         """Rank-averaged loss (an all-reduce) to the log and TensorBoard."""
@@ -259,6 +304,11 @@ class Trainer:
     # ---------------------------------------------------------------- validation
     def _val_net(self) -> nn.Module:
         return self.ema.module if (self.ema is not None and self.cfg.validate_ema) else self.raw
+
+    @property
+    def val_net(self) -> nn.Module:
+        """The network that validation scores (and checkpoints ship): the EMA when enabled, else the raw one."""
+        return self._val_net()
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -320,7 +370,7 @@ class Trainer:
         since every rank's RNG state is gathered)."""
         rngs = dist.all_gather_objects(rng_state())
         self._last_ckpt_step = self.step
-        if not self.info.is_main:
+        if not self.info.is_main or self.run_dir is None:
             return None
         folder = self.run_dir / "checkpoints"
         state = self.state_dict(rngs)
@@ -335,9 +385,10 @@ class Trainer:
     def _finish(self, wall_s: float, stop_at: int | None) -> dict[str, Any]:
         digests = dist.all_gather_objects(param_digest(self.raw))
         rate = self._timed_samples * self.info.world_size / self._timed_s if self._timed_s > 0 else 0.0
-        folder = self.run_dir / "checkpoints"
+        folder = (self.run_dir or Path()) / "checkpoints"
         summary = {
-            "task": self.task.name, "run_dir": str(self.run_dir), "completed": self.step >= self.cfg.steps,
+            "task": self.task.name, "run_dir": None if self.run_dir is None else str(self.run_dir),
+            "completed": self.step >= self.cfg.steps,
             "step": self.step, "steps": self.cfg.steps, "stop_at": stop_at, "world_size": self.info.world_size,
             "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
             "amp": str(self.amp).replace("torch.", "") if self.amp else "off",

@@ -34,6 +34,8 @@ DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 SERVER_URL_SETTING = "CTEnhance/ServerURL"
 CONNECT_TIMEOUTS = Timeouts(connect=5.0, read=30.0)
 POLL_INTERVAL_MS = 200
+CT_WINDOW_LEVEL = (1500.0, -300.0)
+"""Window and level (HU) of a CT estimated from X-rays: lungs to bone at a glance."""
 
 
 class CTEnhance(ScriptedLoadableModule):
@@ -61,6 +63,8 @@ class CTEnhanceParameterNode:
     inputVolume: the CT to enhance.
     frontalXray, lateralXray: the X-ray pair, for tasks that take one.
     targetSpacing: output slice spacing in mm.
+    adapt: first fine-tune the model on this scan ("Adapt to this scan").
+    adaptSeconds: the time budget of that adaptation, in seconds.
     readTimeoutS: how long to wait for the server's answer (the whole inference), in seconds.
     enhancedVolume: the latest result.
     """
@@ -70,6 +74,8 @@ class CTEnhanceParameterNode:
     frontalXray: vtkMRMLScalarVolumeNode
     lateralXray: vtkMRMLScalarVolumeNode
     targetSpacing: Annotated[float, WithinRange(0.05, 20.0)] = 1.0
+    adapt: bool = False
+    adaptSeconds: Annotated[int, WithinRange(10, 3600)] = 120
     readTimeoutS: Annotated[int, WithinRange(10, 86400)] = 3600
     enhancedVolume: vtkMRMLScalarVolumeNode
 
@@ -191,7 +197,8 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             params = task.request_params(
                 target_spacing=node.targetSpacing if "target_spacing" in task.params else None,
                 model=self.ui.modelComboBox.currentText or None,
-                device=self.ui.deviceComboBox.currentText or None)
+                device=self.ui.deviceComboBox.currentText or None,
+                **task.adapt_params(node.adapt and task.can_adapt, node.adaptSeconds))
             self._run = self.logic.startEnhance(inputs, node.serverUrl, task.name, params, node.readTimeoutS)
         except (ClientError, RuntimeError, ValueError) as exc:
             self._showError(str(exc))
@@ -244,7 +251,7 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self._parameterNode is not None:
             self._parameterNode.enhancedVolume = enhanced
-        self.logic.showComparison(slicer.mrmlScene.GetNodeByID(run.inputNodeIds["image"]), enhanced)
+        self.logic.showResult(run, enhanced)
         self.ui.stageLabel.text = _("Done: {name}.").format(name=enhanced.GetName())
         self._updateButtons()
 
@@ -298,6 +305,7 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             reason = ""
         self.ui.enhanceButton.enabled = not busy and not reason
+        self.ui.adaptSecondsSpinBox.enabled = bool(node and node.adapt)
         self.ui.enhanceButton.toolTip = reason or _("Send the input to the server and show the result.")
         self.ui.previousLayoutButton.enabled = self.logic is not None and self.logic.comparisonShown()
 
@@ -328,6 +336,9 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.visible = xray
         spacing = task is None or "target_spacing" in task.params
         self.ui.targetSpacingLabel.visible = self.ui.targetSpacingSpinBox.visible = spacing
+        adapt = bool(task and task.can_adapt)
+        for widget in (self.ui.adaptCheckBox, self.ui.adaptSecondsLabel, self.ui.adaptSecondsSpinBox):
+            widget.visible = adapt
         for combo, param in ((self.ui.modelComboBox, "model"), (self.ui.deviceComboBox, "device")):
             self._fillChoices(combo, task.choices(param) if task else (), task.default(param) if task else None)
         self._updateButtons()
@@ -413,7 +424,9 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             raise RuntimeError(_("Select a volume with image data for: {inputs}.").format(inputs=", ".join(missing)))
         folder = tempfile.mkdtemp(prefix="CTEnhance-", dir=slicer.app.temporaryPath)
         try:
-            paths = {key: self.writeVolume(node, os.path.join(folder, f"{key}.nrrd")) for key, node in inputs.items()}
+            xray = "label" in inputs
+            paths = {key: (self.dicomSourceFile(node, os.path.join(folder, f"{key}.dcm")) if xray else None)
+                     or self.writeVolume(node, os.path.join(folder, f"{key}.nrrd")) for key, node in inputs.items()}
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -435,7 +448,7 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             if reference is None:
                 raise RuntimeError(_("The input volume left the scene while it was being enhanced; the result "
                                      "was discarded."))
-            return self.loadResult(run.output, reference)
+            return self.loadResult(run.output, reference, xray="label" in run.inputNodeIds)
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
 
@@ -448,8 +461,16 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             slicer.app.processEvents()
         enhanced = self.finishEnhance(run)
         if showResult:
-            self.showComparison(inputs["image"], enhanced)
+            self.showResult(run, enhanced)
         return enhanced
+
+    def showResult(self, run: EnhanceRun, result: vtkMRMLScalarVolumeNode) -> None:
+        """The comparison layout for an enhanced CT; the X-ray layout for a CT estimated from two X-rays."""
+        nodes = {key: slicer.mrmlScene.GetNodeByID(nodeId) for key, nodeId in run.inputNodeIds.items()}
+        if "label" in nodes:
+            self.showXrayResult(nodes["image"], nodes["label"], result)
+        else:
+            self.showComparison(nodes["image"], result)
 
     @staticmethod
     def writeVolume(node: vtkMRMLScalarVolumeNode, path: str) -> str:
@@ -459,9 +480,24 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
                                  "space.").format(name=node.GetName(), folder=os.path.dirname(path)))
         return path
 
-    def loadResult(self, path: str, reference: vtkMRMLScalarVolumeNode) -> vtkMRMLScalarVolumeNode:
-        """Load ``path`` as a new volume named after ``reference``, under its transform, with its display."""
-        name = layout.result_name(reference.GetName())
+    @staticmethod
+    def dicomSourceFile(node: vtkMRMLScalarVolumeNode, path: str) -> str | None:
+        """Copy the single DICOM file a radiograph was loaded from to ``path`` (its tags carry the projection
+        geometry that a NRRD would lose); ``None`` when the node did not come from one DICOM file."""
+        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if len(uids) != 1 or database is None:
+            return None
+        source = database.fileForInstance(uids[0])
+        if not source or not os.path.isfile(source):
+            return None
+        shutil.copyfile(source, path)
+        return path
+
+    def loadResult(self, path: str, reference: vtkMRMLScalarVolumeNode, xray: bool = False) -> vtkMRMLScalarVolumeNode:
+        """Load ``path`` as a new volume named after ``reference``, under its transform, with its display
+        (a CT estimated from X-rays gets a CT window instead of the radiograph's)."""
+        name = layout.result_name(reference.GetName(), xray=xray)
         node = slicer.util.loadVolume(path, {"name": name, "show": False, "singleFile": True})
         try:
             node.SetName(name)
@@ -471,7 +507,11 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
             node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
             if node.GetDisplayNode() is None:
                 node.CreateDefaultDisplayNodes()
-            self.copyDisplay(reference, node)
+            if xray:
+                node.GetDisplayNode().SetAutoWindowLevel(False)
+                node.GetDisplayNode().SetWindowLevel(*CT_WINDOW_LEVEL)
+            else:
+                self.copyDisplay(reference, node)
         except Exception:
             slicer.mrmlScene.RemoveNode(node)
             raise
@@ -516,17 +556,7 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         Raises:
             RuntimeError: Slicer runs without its main window (no layout manager).
         """
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:
-            raise RuntimeError(_("The comparison needs Slicer's main window."))
-        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-        if layoutNode.IsLayoutDescription(layout.LAYOUT_ID):
-            layoutNode.SetLayoutDescription(layout.LAYOUT_ID, layout.layout_xml())
-        else:
-            layoutNode.AddLayoutDescription(layout.LAYOUT_ID, layout.layout_xml())
-        if layoutManager.layout != layout.LAYOUT_ID:
-            self.previousLayout = layoutManager.layout
-        layoutManager.setLayout(layout.LAYOUT_ID)
+        layoutManager = self._switchLayout(layout.LAYOUT_ID, layout.layout_xml())
         volumeIds = layout.volumes_by_view(original.GetID(), enhanced.GetID())
         widgets = {view.tag: self._sliceWidget(layoutManager, view.tag) for view in layout.VIEWS}
         for view in layout.VIEWS:
@@ -542,9 +572,49 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         self.copyDisplay(original, enhanced)
         self.linkWindowLevel(original, enhanced)
 
+    def showXrayResult(self, frontal: vtkMRMLScalarVolumeNode, lateral: vtkMRMLScalarVolumeNode,
+                       result: vtkMRMLScalarVolumeNode) -> None:
+        """Switch to the X-ray layout: each radiograph in a view turned to its own plane (not linked),
+        the estimated CT below in linked axial, coronal and sagittal views.
+
+        Raises:
+            RuntimeError: Slicer runs without its main window (no layout manager).
+        """
+        layoutManager = self._switchLayout(layout.XRAY_LAYOUT_ID, layout.xray_layout_xml())
+        volumeIds = layout.xray_volumes_by_view(frontal.GetID(), lateral.GetID(), result.GetID())
+        for view in layout.XRAY_VIEWS:
+            widget = self._sliceWidget(layoutManager, view.tag)
+            self._showInView(widget, view, volumeIds[view.tag], layout.view_group(view))
+            if view.row == "xray":  # a radiograph is one slice: look at its own plane
+                widget.mrmlSliceNode().RotateToVolumePlane(slicer.mrmlScene.GetNodeByID(volumeIds[view.tag]))
+                widget.sliceLogic().FitSliceToAll()
+            else:
+                composite = widget.mrmlSliceCompositeNode()
+                composite.SetLinkedControl(True)
+                composite.SetHotLinkedControl(True)
+
+    def _switchLayout(self, layoutId: int, description: str):
+        """Register (or update) a result layout and show it, remembering the layout to go back to.
+
+        Raises:
+            RuntimeError: Slicer runs without its main window (no layout manager).
+        """
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            raise RuntimeError(_("The result views need Slicer's main window."))
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+        if layoutNode.IsLayoutDescription(layoutId):
+            layoutNode.SetLayoutDescription(layoutId, description)
+        else:
+            layoutNode.AddLayoutDescription(layoutId, description)
+        if layoutManager.layout not in (layout.LAYOUT_ID, layout.XRAY_LAYOUT_ID):
+            self.previousLayout = layoutManager.layout
+        layoutManager.setLayout(layoutId)
+        return layoutManager
+
     def comparisonShown(self) -> bool:
         layoutManager = slicer.app.layoutManager()
-        return layoutManager is not None and layoutManager.layout == layout.LAYOUT_ID
+        return layoutManager is not None and layoutManager.layout in (layout.LAYOUT_ID, layout.XRAY_LAYOUT_ID)
 
     def restorePreviousLayout(self) -> None:
         """Return to the layout shown before :meth:`showComparison`."""
@@ -560,12 +630,12 @@ class CTEnhanceLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         return widget
 
     @staticmethod
-    def _showInView(widget, view: layout.ViewSpec, volumeId: str) -> None:
+    def _showInView(widget, view: layout.ViewSpec, volumeId: str, group: int = layout.VIEW_GROUP) -> None:
         """Give one view its group, orientation and volume (links off while the row's volume is set)."""
         sliceNode, composite = widget.mrmlSliceNode(), widget.mrmlSliceCompositeNode()
         composite.SetLinkedControl(False)
         composite.SetHotLinkedControl(False)
-        sliceNode.SetViewGroup(layout.VIEW_GROUP)
+        sliceNode.SetViewGroup(group)
         sliceNode.SetOrientation(view.orientation)
         composite.SetBackgroundVolumeID(volumeId)
         composite.SetForegroundVolumeID(None)
@@ -606,6 +676,8 @@ class CTEnhanceTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_comparison_layout()
         self.setUp()
+        self.test_xray_layout()
+        self.setUp()
         self.test_failed_request_leaves_scene_unchanged()
         self.setUp()
         self.test_enhance_on_server()
@@ -622,6 +694,28 @@ class CTEnhanceTest(ScriptedLoadableModuleTest):
         logic = CTEnhanceLogic()
         logic.showComparison(original, enhanced)
         self.assertComparison(original, enhanced)
+        logic.restorePreviousLayout()
+        self.assertEqual(layoutManager.layout, layout.FOUR_UP_LAYOUT)
+
+    def test_xray_layout(self) -> None:
+        self.delayDisplay("X-ray to CT layout")
+        import numpy as np
+
+        frontal = slicer.util.addVolumeFromArray(np.zeros((1, 64, 64), np.int16), name="chest PA")
+        lateral = slicer.util.addVolumeFromArray(np.zeros((1, 64, 64), np.int16), name="chest lateral")
+        estimate = slicer.util.addVolumeFromArray(np.zeros((32, 32, 32), np.int16), name="chest PA CT estimate")
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(layout.FOUR_UP_LAYOUT)
+        logic = CTEnhanceLogic()
+        logic.showXrayResult(frontal, lateral, estimate)
+        self.assertEqual(layoutManager.layout, layout.XRAY_LAYOUT_ID)
+        expected = layout.xray_volumes_by_view(frontal.GetID(), lateral.GetID(), estimate.GetID())
+        for view in layout.XRAY_VIEWS:
+            widget = layoutManager.sliceWidget(view.tag)
+            self.assertIsNotNone(widget, view.tag)
+            self.assertEqual(widget.mrmlSliceCompositeNode().GetBackgroundVolumeID(), expected[view.tag], view.tag)
+            self.assertEqual(widget.mrmlSliceNode().GetViewGroup(), layout.view_group(view), view.tag)
+            self.assertEqual(widget.mrmlSliceCompositeNode().GetLinkedControl(), view.row == "result", view.tag)
         logic.restorePreviousLayout()
         self.assertEqual(layoutManager.layout, layout.FOUR_UP_LAYOUT)
 

@@ -1,11 +1,16 @@
-"""Task definitions, chosen by name: ``get_task("sr")``. Each task is a small :class:`Task` subclass."""
+"""Task definitions, chosen by name: ``get_task("sr")``. Each task is a small :class:`Task` subclass
+(``sr``: through-plane SR training; ``sr_adapt``: fine-tuning a shipped SR model on one scan;
+``xray2ct``: biplanar X-ray to CT)."""
 from __future__ import annotations
 
 from ..config import ConfigError
 from .base import Task
 from .sr import SRConfig, SRTask
+from .sr_adapt import SRAdaptConfig, SRAdaptTask
+from .xray2ct import Xray2CTConfig, XrayToCTTask
 
-TASKS: dict[str, type[Task]] = {SRTask.name: SRTask}
+TASKS: dict[str, type[Task]] = {SRTask.name: SRTask, SRAdaptTask.name: SRAdaptTask,
+                                XrayToCTTask.name: XrayToCTTask}
 
 
 def get_task(name: str) -> type[Task]:
@@ -19,4 +24,5 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "SRConfig", "SRTask", "Task", "get_task"]
+__all__ = ["TASKS", "SRAdaptConfig", "SRAdaptTask", "SRConfig", "SRTask", "Task", "Xray2CTConfig", "XrayToCTTask",
+           "get_task"]

@@ -203,11 +203,16 @@ class SRTask(Task):
         pred = model(batch["input"], batch["ratios"])
         return net_to_hu(pred.float()[:, 0].cpu().numpy())
 
-    def val_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, float]]:
-        """Metrics on the scored thin slices (one slab in from each end of the stack) of each sample."""
+    def _val_arrays(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, ...]:
+        """``(prediction, input, truth)`` of a validation batch, each ``(B, D, H, W)`` HU."""
         pred = self._predict_hu(model, batch)
         inp = net_to_hu(batch["input"].float()[:, 0].cpu().numpy())
         ref = net_to_hu(batch["target"].float()[:, 0].cpu().numpy())
+        return pred, inp, ref
+
+    def val_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+        """Metrics on the scored thin slices (one slab in from each end of the stack) of each sample."""
+        pred, inp, ref = self._val_arrays(model, batch)
         out = []
         for b, (start, stop) in enumerate(batch["score"].cpu().tolist()):
             base_m = evaluate_arrays(inp[b, start:stop], ref[b, start:stop])

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ctsr_models.io import Volume, read_volume
@@ -96,9 +97,13 @@ class VolumeInferTask(InferTask):
             The result volume (float32 HU, its own geometry) and JSON-able details for the client.
         """
 
-    def read_input(self, key: str, path: Path, params: Mapping[str, Any]) -> Volume:
+    def read_input(self, key: str, path: Path, params: Mapping[str, Any]) -> Any:
         """Read one input; the default reads a CT volume with :func:`ctsr_models.io.read_volume`."""
         return read_volume(path)
+
+    def describe_input(self, value: Any) -> dict[str, Any]:
+        """The input's entry in the result JSON (geometry, no patient data)."""
+        return value.geometry_dict()
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Serve one request: validate, read, run, write; every failure becomes an HTTP error."""
@@ -126,7 +131,7 @@ class VolumeInferTask(InferTask):
             "task": self.name,
             **details,
             "params": params,
-            "input": {key: v.geometry_dict() for key, v in volumes.items()},
+            "input": {key: self.describe_input(v) for key, v in volumes.items()},
             "output": {"geometry": result.geometry_dict(), "dtype": dtype, "extension": extension},
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
             "findings": list(result.findings),
@@ -169,8 +174,9 @@ def session_files(folder: Path, specs: Sequence[InputSpec]) -> dict[str, Path]:
     return {s.key: by_stem[s.session_name] for s in specs}
 
 
-def _size(volume: Volume) -> str:
-    return "x".join(map(str, volume.shape[::-1]))
+def _size(value: Any) -> str:
+    """``x``-joined image size (columns first) of a volume or a radiograph."""
+    return "x".join(map(str, np.shape(getattr(value, "array", getattr(value, "image", None)))[::-1]))
 
 
 def _hidden(paths: Mapping[str, Path]) -> tuple[str, ...]:

@@ -5,15 +5,24 @@ The same reader (:func:`ctsr_models.io.read_volume` with the same options), the 
 and the same writer (:func:`ctsr_models.io.write_volume`), so the voxels equal the command line's
 for the same input and options. The output grid (spacing, origin, direction) is the one
 :mod:`ctsr_models.inference.grid` defines; nothing is resampled back onto the input grid.
+
+With ``adapt: true`` the network is first fine-tuned on the scan's own in-plane detail
+(:mod:`ctsr_models.inference.adapt`, budget ``adapt_seconds`` / ``adapt_steps``); its progress is
+logged while it runs, and the result JSON carries ``adaptation`` (held-out scores, steps, time, and
+whether the adapted or the pretrained model was used).
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ctsr_models.inference import DEVICES, EnhanceOptions, available_models, enhance, read_manifest
+from ctsr_models.inference import (
+    DEVICES, AdaptOptions, EnhanceOptions, available_models, enhance_detailed, read_manifest,
+)
+from ctsr_models.inference.adapt import MAX_SECONDS, MAX_STEPS, PROFILES
 from ctsr_models.inference.enhance import MAX_OUTPUT_VOXELS
 from ctsr_models.inference.grid import through_plane_grid
 from ctsr_models.io import InputError, Volume, read_volume
@@ -41,6 +50,46 @@ def model_descriptions(models: list[str]) -> dict[str, str]:
     names = {name: default if name == "default" else name for name in models}
     return {name: BASELINES.get(name) or (specs[key].description if key in specs else "") or key
             for name, key in names.items()}
+
+
+ADAPT_PARAMS = (
+    Param("adapt", bool, False, "first fine-tune a copy of the network on this scan's own in-plane detail (the "
+          "pretrained model is kept if that does not help)"),
+    Param("adapt_seconds", float, AdaptOptions.seconds, "time budget of the adaptation in seconds",
+          greater_than=0.0, at_most=MAX_SECONDS),
+    Param("adapt_steps", int, AdaptOptions.steps, "optimizer steps of the adaptation at most", greater_than=0,
+          at_most=MAX_STEPS),
+    Param("adapt_profile", str, AdaptOptions.profile, "slice profile of the input for adaptation (auto: estimated)",
+          choices=PROFILES),
+)
+"""Per-scan adaptation (:mod:`ctsr_models.inference.adapt`)."""
+
+
+def adapt_options(params: Mapping[str, Any]) -> AdaptOptions | None:
+    """The adaptation options of a request (``None`` unless ``adapt`` is true).
+
+    Raises:
+        ParamError: adaptation asked for with an interpolation model.
+    """
+    if not params["adapt"]:
+        return None
+    if params["model"] in BASELINES:
+        raise ParamError(f"adapt needs a network model, not the interpolation {params['model']!r}")
+    return AdaptOptions(steps=params["adapt_steps"], seconds=params["adapt_seconds"], profile=params["adapt_profile"])
+
+
+class ProgressLog:
+    """Logs a task's progress (stage and percentage) at most every ``every_s`` seconds, and at each new stage."""
+
+    def __init__(self, task: str, every_s: float = 2.0) -> None:
+        self.task, self.every_s = task, every_s
+        self.last_time, self.last_stage = -float("inf"), ""
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        now = time.perf_counter()
+        if stage != self.last_stage or now - self.last_time >= self.every_s or fraction >= 1.0:
+            log.info("%s: %s %.0f %%", self.task, stage, 100.0 * fraction)
+            self.last_time, self.last_stage = now, stage
 
 
 class CTSuperResolution(VolumeInferTask):
@@ -71,6 +120,7 @@ class CTSuperResolution(VolumeInferTask):
             Param("resample_irregular", bool, False, "resample a tilted or irregularly spaced DICOM series onto a "
                   "regular grid (otherwise it is refused)"),
             Param("allow_non_ct", bool, False, "accept images that do not look like CT in HU"),
+            *ADAPT_PARAMS,
         )
         super().__init__(NAME, "CT through-plane super-resolution: thick slices in, thin slices out (int16 HU)",
                          params)
@@ -91,8 +141,11 @@ class CTSuperResolution(VolumeInferTask):
         volume = volumes["image"]
         self.check_output_size(volume, params["target_spacing"])
         options = EnhanceOptions(target_spacing=params["target_spacing"], model=params["model"],
-                                 input_thickness=params["input_thickness"], device=params["device"])
-        return enhance(volume, options), {"model": params["model"]}
+                                 input_thickness=params["input_thickness"], device=params["device"],
+                                 adapt=adapt_options(params))
+        result, details = enhance_detailed(volume, options, ProgressLog(NAME) if options.adapt else None)
+        extra = {} if details["adaptation"] is None else {"adaptation": details["adaptation"]}
+        return result, {"model": params["model"], **extra}
 
     def check_output_size(self, volume: Volume, target_spacing: float) -> None:
         """Refuse a target the input cannot take (422) or an output over the server's limit (413)."""

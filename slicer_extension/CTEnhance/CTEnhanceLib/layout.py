@@ -4,6 +4,11 @@ Columns are axial, coronal and sagittal. All six views belong to one view group
 (:data:`VIEW_GROUP`), so Slicer's linked navigation (slice offset, pan, zoom, crosshair jumps)
 moves them together; the Logic links their slice composite nodes and gives each row its volume
 (:func:`volumes_by_view`). The layout is registered under :data:`LAYOUT_ID` from :func:`layout_xml`.
+
+An X-ray → CT result has its own layout (:data:`XRAY_LAYOUT_ID`, :func:`xray_layout_xml`): the frontal
+and the lateral radiograph on top, each in a view turned to its own image plane and in a view group
+of its own (a radiograph is one slice: linked navigation would slide it out of view), and the
+reconstructed volume below in linked axial, coronal and sagittal views.
 """
 from __future__ import annotations
 
@@ -15,6 +20,12 @@ LAYOUT_ID = 37301
 
 VIEW_GROUP = 5
 """The comparison views' group: apart from Slicer's default views (group 0) and its dual layouts (1)."""
+
+XRAY_LAYOUT_ID = 37302
+"""Slicer layout id of the X-ray → CT layout."""
+
+XRAY_VIEW_GROUPS = {"frontal": 6, "lateral": 7}
+"""One view group per radiograph view: apart from each other and from the comparison views."""
 
 FOUR_UP_LAYOUT = 3
 """``vtkMRMLLayoutNode.SlicerLayoutFourUpView``: where to return when no previous layout is known."""
@@ -55,18 +66,59 @@ def comparison_views() -> tuple[ViewSpec, ...]:
 VIEWS = comparison_views()
 
 
-def layout_xml(views: tuple[ViewSpec, ...] = VIEWS) -> str:
-    """Slicer's layout description: a vertical stack of one horizontal row per :data:`ROWS` entry."""
+XRAY_ROWS = ("xray", "result")
+XRAY_INPUTS = ("frontal", "lateral")
+
+
+def xray_views() -> tuple[ViewSpec, ...]:
+    """The X-ray layout's views: frontal and lateral radiograph, then the result's axial, coronal, sagittal."""
+    top = tuple(ViewSpec(f"CTEnhanceXray{name.capitalize()}", "xray", "Coronal" if name == "frontal" else "Sagittal",
+                         f"X{name[0].upper()}", "#8C8C8C") for name in XRAY_INPUTS)
+    bottom = tuple(ViewSpec(f"CTEnhanceXrayResult{o}", "result", o, f"R{o[0]}", VIEW_COLORS[o]) for o in ORIENTATIONS)
+    return top + bottom
+
+
+XRAY_VIEWS = xray_views()
+
+
+def view_group(view: ViewSpec) -> int:
+    """The view group of a view: :data:`XRAY_VIEW_GROUPS` for a radiograph, else :data:`VIEW_GROUP`."""
+    if view.row == "xray":
+        return XRAY_VIEW_GROUPS[view.tag.removeprefix("CTEnhanceXray").lower()]
+    return VIEW_GROUP
+
+
+def layout_xml(views: tuple[ViewSpec, ...] = VIEWS, rows: tuple[str, ...] = ROWS) -> str:
+    """Slicer's layout description: a vertical stack of one horizontal row per entry of ``rows``."""
     root = ET.Element("layout", type="vertical", split="true")
-    for row in ROWS:
+    for row in rows:
         row_layout = ET.SubElement(ET.SubElement(root, "item"), "layout", type="horizontal", split="true")
         for view in (v for v in views if v.row == row):
             element = ET.SubElement(ET.SubElement(row_layout, "item"), "view", {"class": "vtkMRMLSliceNode",
                                                                                "singletontag": view.tag})
             for name, value in (("orientation", view.orientation), ("viewlabel", view.label),
-                                ("viewcolor", view.color), ("viewgroup", str(VIEW_GROUP))):
+                                ("viewcolor", view.color), ("viewgroup", str(view_group(view)))):
                 ET.SubElement(element, "property", name=name, action="default").text = value
     return ET.tostring(root, encoding="unicode")
+
+
+def xray_layout_xml() -> str:
+    """Slicer's description of the X-ray → CT layout (two radiographs on top, the result below)."""
+    return layout_xml(XRAY_VIEWS, XRAY_ROWS)
+
+
+def xray_volumes_by_view(frontal_id: str, lateral_id: str, result_id: str) -> dict[str, str]:
+    """View tag -> volume id in the X-ray layout.
+
+    Raises:
+        ValueError: an id is empty, or two are equal.
+    """
+    ids = (frontal_id, lateral_id, result_id)
+    if not all(ids) or len(set(ids)) != 3:
+        raise ValueError(f"three different volumes are needed, got {ids}")
+    by_input = dict(zip(XRAY_INPUTS, ids[:2]))
+    return {view.tag: by_input[view.tag.removeprefix("CTEnhanceXray").lower()] if view.row == "xray" else result_id
+            for view in XRAY_VIEWS}
 
 
 def volumes_by_view(original_id: str, enhanced_id: str, views: tuple[ViewSpec, ...] = VIEWS) -> dict[str, str]:
@@ -84,11 +136,11 @@ def layout_to_restore(previous: int | None, current: int) -> int:
     """The layout the "previous layout" button returns to: the one shown before the comparison, else
     the four-up layout (never the comparison itself)."""
     for candidate in (previous, current):
-        if candidate is not None and candidate != LAYOUT_ID:
+        if candidate is not None and candidate not in (LAYOUT_ID, XRAY_LAYOUT_ID):
             return candidate
     return FOUR_UP_LAYOUT
 
 
-def result_name(input_name: str) -> str:
-    """The name of the enhanced volume in the scene."""
-    return f"{input_name} enhanced"
+def result_name(input_name: str, xray: bool = False) -> str:
+    """The name of the result volume in the scene (``<input> enhanced``, or ``<frontal> CT estimate``)."""
+    return f"{input_name} CT estimate" if xray else f"{input_name} enhanced"

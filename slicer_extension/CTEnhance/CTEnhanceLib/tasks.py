@@ -69,6 +69,26 @@ class TaskInfo:
                              f"it takes {', '.join(sorted(self.params)) or 'none'}")
         return {k: v for k, v in values.items() if v is not None}
 
+    @property
+    def can_adapt(self) -> bool:
+        """Whether the task can first adapt its model to the scan (the ``adapt`` parameter)."""
+        return "adapt" in self.params
+
+    def adapt_params(self, adapt: bool, seconds: float | None) -> dict[str, Any]:
+        """The adaptation values of a request: ``adapt`` and its time budget ``adapt_seconds`` when
+        adapting; nothing when the task cannot adapt.
+
+        Raises:
+            ValueError: adaptation asked for from a task that cannot adapt, or a budget that is not positive.
+        """
+        if not adapt:
+            return {"adapt": False} if self.can_adapt else {}
+        if not self.can_adapt:
+            raise ValueError(f"task {self.name!r} cannot adapt its model to the scan")
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"the adaptation time budget must be positive, got {seconds}")
+        return {"adapt": True, **({"adapt_seconds": float(seconds)} if seconds is not None else {})}
+
     @classmethod
     def from_info(cls, name: str, entry: Mapping[str, Any]) -> TaskInfo | None:
         """The task described by ``entry`` (one value of ``/info/``'s ``models``), or ``None`` when its
