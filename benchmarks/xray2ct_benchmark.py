@@ -36,7 +36,7 @@ from ctsr_models.inference.xray2ct import TASK, XrayOptions, model_setup, projec
 from ctsr_models.io import read_volume
 from ctsr_models.io.radiograph import Radiograph
 from ctsr_models.metrics import psnr, ssim2d, ssim3d
-from ctsr_models.physics.lifting import lifting_coords
+from ctsr_models.physics.lifting import edge_coords, lift, lifting_coords
 
 from report import write_section
 
@@ -75,13 +75,12 @@ def simulate(path: str, setup: XraySetup) -> dict:
 
 
 def back_projection(pair: dict, setup: XraySetup) -> np.ndarray:
-    """Mean of the two normalised radiographs at each voxel's detector points (no learning)."""
-    grid = setup.grid(pair["centre"])
-    coords = lifting_coords(grid, pair["geometries"], setup.size)  # (2, d, h, w, 2)
+    """Mean of the two normalised radiographs at each voxel's detector points (no learning): the
+    network's own lifting applied to the images instead of to features."""
+    coords = lifting_coords(setup.grid(pair["centre"]), pair["geometries"], setup.size)  # (2, d, h, w, 2)
     images = torch.from_numpy(np.stack([pair["frontal"], pair["lateral"]]))[:, None]
-    lifted = torch.nn.functional.grid_sample(images, coords.reshape(2, setup.size, -1, 2), mode="bilinear",
-                                             padding_mode="zeros", align_corners=True)
-    return lifted.reshape(2, *grid.shape).mean(dim=0).numpy()
+    lifted = lift(images, edge_coords(coords, (setup.detector_px, setup.detector_px)))  # (2, 1, d, h, w)
+    return lifted[:, 0].mean(dim=0).numpy()
 
 
 def radiographs(pair: dict) -> tuple[Radiograph, Radiograph]:

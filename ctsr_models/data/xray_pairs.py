@@ -77,13 +77,16 @@ def normalize_xray(image: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def normalize_xray_torch(images: torch.Tensor) -> torch.Tensor:
-    """:func:`normalize_xray` of each ``(rows, cols)`` image of ``(..., rows, cols)``, differentiable."""
+def normalize_xray_torch(images: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    """:func:`normalize_xray` of each ``(rows, cols)`` image of ``(..., rows, cols)``, differentiable.
+
+    ``clip=False`` leaves values beyond the percentiles outside ``[0, 1]``, so every pixel keeps a gradient.
+    """
     flat = images.reshape(-1, images.shape[-2] * images.shape[-1]).float()
     q = torch.tensor([p / 100.0 for p in XRAY_PERCENTILES], dtype=flat.dtype, device=flat.device)
     lo, hi = torch.quantile(flat, q, dim=1, keepdim=True)
-    out = ((flat - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
-    return out.reshape(images.shape)
+    out = (flat - lo) / (hi - lo).clamp_min(1e-6)
+    return (out.clamp(0.0, 1.0) if clip else out).reshape(images.shape)
 
 
 # ----------------------------------------------------------------------------------------- settings

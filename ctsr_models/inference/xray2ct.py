@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import map_coordinates
 
-from ctsr_models.data.xray_pairs import (XRAY_PERCENTILES, XraySetup, ct_net_to_hu, normalize_xray,
-                                         normalize_xray_torch)
+from ctsr_models.data.xray_pairs import XraySetup, ct_net_to_hu, normalize_xray, normalize_xray_torch
 from ctsr_models.io.errors import InputError
 from ctsr_models.io.radiograph import Radiograph
 from ctsr_models.io.volume import Volume
@@ -162,14 +161,6 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"frontal": round(values[0], 2), "lateral": round(values[1], 2), "mean": round(float(np.mean(values)), 2)}
 
 
-def _normalized_unclipped(proj: torch.Tensor) -> torch.Tensor:
-    """:func:`normalize_xray_torch` without the final clip, so every pixel keeps a gradient."""
-    flat = proj.flatten(1)
-    q = torch.tensor([p / 100.0 for p in XRAY_PERCENTILES], dtype=flat.dtype, device=flat.device)
-    lo, hi = torch.quantile(flat, q, dim=1, keepdim=True)
-    return ((flat - lo) / (hi - lo).clamp_min(1e-6)).reshape(proj.shape)
-
-
 def refine(volume_hu: torch.Tensor, grid: VolumeGrid, geometries: Sequence[ProjectionGeometry],
            inputs: torch.Tensor, options: XrayOptions) -> torch.Tensor:
     """Adjust the volume so its projections match the inputs (see the module docstring).
@@ -191,7 +182,8 @@ def refine(volume_hu: torch.Tensor, grid: VolumeGrid, geometries: Sequence[Proje
         opt.zero_grad()
         up = F.interpolate(delta, size=tuple(volume_hu.shape), mode="trilinear", align_corners=False)[0, 0]
         mu = MU_WATER_PER_MM + (volume_hu + up) * slope
-        proj = _normalized_unclipped(project(mu[None, None].expand(len(small), 1, *mu.shape), grid, small, step_mm=step))
+        proj = normalize_xray_torch(project(mu[None, None].expand(len(small), 1, *mu.shape), grid, small, step_mm=step),
+                                    clip=False)
         loss = ((proj - target) ** 2).mean()
         loss.backward()
         opt.step()

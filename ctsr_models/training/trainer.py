@@ -302,13 +302,10 @@ class Trainer:
             log.info("step %d/%d  loss %.5g  lr %.3g%s", self.step, self.cfg.steps, self.last_loss, lr, shown)
 
     # ---------------------------------------------------------------- validation
-    def _val_net(self) -> nn.Module:
-        return self.ema.module if (self.ema is not None and self.cfg.validate_ema) else self.raw
-
     @property
     def val_net(self) -> nn.Module:
         """The network that validation scores (and checkpoints ship): the EMA when enabled, else the raw one."""
-        return self._val_net()
+        return self.ema.module if (self.ema is not None and self.cfg.validate_ema) else self.raw
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -320,7 +317,7 @@ class Trainer:
         """
         if self.val_ds is None:
             return {}
-        net, names = self._val_net(), self.task.val_metrics
+        net, names = self.val_net, self.task.val_metrics
         was_training = net.training
         net.eval()
         ids = dist.shard(len(self.val_ds), self.info.rank, self.info.world_size)

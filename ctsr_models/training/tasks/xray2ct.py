@@ -34,7 +34,7 @@ from ctsr_models.data.xray_pairs import (
     hu_to_ct_net, normalize_xray_torch, resample_ct, unpack_geometry,
 )
 from ctsr_models.io import InputError
-from ctsr_models.metrics import HU_MAX, HU_MIN, mae_body, psnr, ssim3d
+from ctsr_models.metrics import mae_body, psnr, ssim3d
 from ctsr_models.nets import build_net
 from ctsr_models.physics import hu_to_mu, project
 
@@ -157,14 +157,6 @@ def project_ct_net(ct_net: torch.Tensor, geoms: torch.Tensor, setup: XraySetup, 
         gs = [g.resized((px, px)) if px else g for g in gs]
         views.append(project(mu, grid, gs, step_mm or setup.spacing))
     return normalize_xray_torch(torch.stack(views, dim=1))
-
-
-def _clean_metric_hu(hu: np.ndarray) -> np.ndarray:
-    """HU whose DESIGN.md unit mapping ([-1024, 3071] → [0, 1]) equals the clean one ([-1000, 1500] → [0, 1]),
-    so :func:`ctsr_models.metrics.ssim3d` scores the clean protocol."""
-    lo, hi = CLEAN_HU
-    unit = (np.clip(hu, lo, hi) - lo) / (hi - lo)
-    return unit * (HU_MAX - HU_MIN) + HU_MIN
 
 
 def _psnr_unit(a: np.ndarray, b: np.ndarray) -> float:
@@ -296,7 +288,7 @@ class XrayToCTTask(Task):
         lo, hi = CLEAN_HU
         return {
             "psnr": psnr(pred_hu, ref_hu, lo, hi),
-            "ssim": ssim3d(_clean_metric_hu(pred_hu), _clean_metric_hu(ref_hu)),
+            "ssim": ssim3d(pred_hu, ref_hu, lo, hi),
             "mae_hu": float(np.mean(np.abs(np.clip(pred_hu, lo, hi) - np.clip(ref_hu, lo, hi)))),
             "mae_hu_body": mae_body(pred_hu, ref_hu),
             "proj_psnr": _psnr_unit(proj, xray_ref),
