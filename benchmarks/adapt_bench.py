@@ -15,6 +15,7 @@ the peak resident set of that process) an adaptation and enhancement of a 512 x 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -69,6 +70,9 @@ def add_adapt_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adapt", action="store_true", help="run the adaptation benchmark (section sr_adapt)")
     group.add_argument("--adapt-budgets", default="30,120", help="adaptation time budgets in seconds, comma-separated")
     group.add_argument("--cases", default=",".join(c.slug for c in ADAPT_CASES), help="case slugs, comma-separated")
+    group.add_argument("--adapt-patience", type=int, default=None,
+                       help="validations without improvement before adaptation stops (0: use the whole budget; "
+                            "default: the library's)")
     group.add_argument("--eclare-python", type=Path, help="python of an environment with eclare installed")
     group.add_argument("--eclare-dir", type=Path, default=WORK / "eclare", help="ECLARE outputs (reused if present)")
     group.add_argument("--eclare-patches", type=int, default=32000, help="ECLARE training patches (its default 1e6)")
@@ -93,7 +97,13 @@ def score(out: Volume, truth: Volume, case: AdaptCase) -> dict:
     return {k: scores[k] for k in ("psnr", "ssim", "ssim2d", "mae_hu_body", "psnr_1000", "n_slices_scored")}
 
 
-def run_case(case: AdaptCase, budgets: list[float], device: str, eclare: dict) -> list[dict]:
+def adapt_options(budget: float, patience: int | None) -> AdaptOptions:
+    """The library's adaptation defaults with a time budget (and, if given, another patience)."""
+    options = AdaptOptions(steps=100_000, seconds=budget)
+    return options if patience is None else dataclasses.replace(options, patience=patience)
+
+
+def run_case(case: AdaptCase, budgets: list[float], device: str, eclare: dict, patience: int | None) -> list[dict]:
     """Every method on one case; each row has the method, its wall seconds and the scores."""
     truth, thick, path = thick_input(case)
     s = truth.spacing[2]
@@ -107,7 +117,7 @@ def run_case(case: AdaptCase, budgets: list[float], device: str, eclare: dict) -
     for budget in budgets:
         start = time.perf_counter()
         options = EnhanceOptions(target_spacing=s, input_thickness=case.thickness, device=device,
-                                 adapt=AdaptOptions(steps=100_000, seconds=budget))
+                                 adapt=adapt_options(budget, patience))
         out, details = enhance_detailed(thick, options)
         rows.append({"method": f"adapted {budget:g} s", "seconds": time.perf_counter() - start,
                      **score(out, truth, case), "adaptation": details["adaptation"]})
@@ -140,13 +150,13 @@ def eclare_row(case: AdaptCase, path: Path, truth: Volume, eclare: dict) -> dict
             "eclare": {k: info[k] for k in ("n_patches", "batch_size", "peak_rss_gb", "profile")}}
 
 
-def run_real(budgets: list[float], device: str) -> list[dict]:
+def run_real(budgets: list[float], device: str, patience: int | None) -> list[dict]:
     """The real 5 mm series: held-out in-plane PSNR of the pretrained and adapted model, and wall time."""
     thick = read_volume(DATA / REAL)
     rows = []
     for budget in budgets:
         start = time.perf_counter()
-        result = adapt_network(thick, resolve_model("default"), 1.0, None, AdaptOptions(steps=100_000, seconds=budget),
+        result = adapt_network(thick, resolve_model("default"), 1.0, None, adapt_options(budget, patience),
                                torch.device("cpu" if device == "auto" and not torch.cuda.is_available() else
                                             "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"))
         rows.append({"budget": budget, "seconds": time.perf_counter() - start, **result.summary()})
@@ -199,7 +209,7 @@ def figure(rows: list[dict], path: Path) -> None:
             line = [pre, *adapted]
             ax.plot([max(r["seconds"], 0.05) for r in line], [r["psnr"] for r in line], "k:", lw=1)
         ax.set_xscale("log")
-        ax.set_xlabel("wall time, s (log; 2-core CPU shared with other jobs)")
+        ax.set_xlabel(f"wall time, s (log; {os.cpu_count()}-core CPU)")
         ax.set_ylabel("PSNR, dB")
         ax.set_title(case, fontsize=8)
         ax.grid(alpha=0.3)
@@ -213,12 +223,17 @@ def figure(rows: list[dict], path: Path) -> None:
 def markdown(rows: list[dict], real: list[dict], memory: dict | None, env: dict, command: str) -> str:
     """The ``sr_adapt`` section of docs/benchmarks.md."""
     lines = ["## Per-volume adaptation (`benchmarks/sr_benchmark.py --adapt`)", "",
-             f"Command: `{command}`  ", f"Machine: {env['machine']}; torch {env['torch']}; device {env['device']}. "
-             "The 2 cores were shared with other engineers' jobs (training, tests) during the run: times are "
-             "noisy and pessimistic.", "",
+             f"Command: `{command}`  ", f"Machine: {env['machine']}; torch {env['torch']}; device {env['device']}; "
+             f"1-minute load average at the end of the run {env['load']:.1f} (ECLARE's times are from its own "
+             "run, see its log beside its output).", "",
              "Same metrics and scoring as the section above (truth grid, one slab in from each end). Seconds are "
              "wall time of the whole method on that input: adaptation + enhancement for the adapted rows, "
              "ECLARE's own command (training + inference) for ECLARE.", "",
+             "ECLARE rows: ECLARE 1.0.1 from PyPI in its own virtual environment, run on the same input files by "
+             "`ECLARE_PYTHON benchmarks/eclare_run.py runs/adapt/bench/inputs/CASE.nii.gz runs/adapt/bench/eclare "
+             "--n-patches 32000 --slice-thickness T/PIXEL --profile rect` (the benchmark does this itself with "
+             "`--eclare-python`, or reuses an earlier result from `--eclare-dir`), on this CPU with nothing else "
+             "running; 32 000 training patches is 3 % of its default budget.", "",
              "| case | method | PSNR dB | SSIM 3D | SSIM 2D | MAE body HU | PSNR [-1000,1000] dB | seconds | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -251,11 +266,15 @@ def markdown(rows: list[dict], real: list[dict], memory: dict | None, env: dict,
 
 
 def targets(rows: list[dict]) -> list[str]:
-    """The issue's targets on this run's numbers (met or missed, never hidden)."""
+    """The issue's targets on this run's numbers (met or missed, never hidden).
+
+    Gain: the best adapted budget against the pretrained model. ECLARE: the quickest adapted budget at
+    least as good as ECLARE, and its time against ECLARE's ("time to that result").
+    """
     def verdict(ok: bool) -> str:
         return "met" if ok else "missed"
 
-    lines = ["**Targets** (best adapted budget against the pretrained model and ECLARE, same run):", ""]
+    lines = ["**Targets** (adapted budgets against the pretrained model and ECLARE, same run):", ""]
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = {r["method"]: r for r in rows if r["case"] == case and "psnr" in r}
         adapted = [r for k, r in mine.items() if k.startswith("adapted")]
@@ -263,12 +282,17 @@ def targets(rows: list[dict]) -> list[str]:
             continue
         best = max(adapted, key=lambda r: r["psnr"])
         gain = best["psnr"] - mine["pretrained"]["psnr"]
-        text = f"- {case}: {best['method']} {gain:+.2f} dB over pretrained (target +0.5: {verdict(gain >= 0.5)})"
+        text = f"- {case}: best {best['method']} {gain:+.2f} dB over pretrained (target +0.5: {verdict(gain >= 0.5)})"
         if "ECLARE" in mine:
             e = mine["ECLARE"]
-            text += (f"; {best['psnr'] - e['psnr']:+.2f} dB vs ECLARE ({verdict(best['psnr'] >= e['psnr'])}); time "
-                     f"{best['seconds']:.0f} s vs {e['seconds']:.0f} s = 1/{e['seconds'] / best['seconds']:.1f} "
-                     f"(target 1/10: {verdict(best['seconds'] * 10 <= e['seconds'])})")
+            good = [r for r in adapted if r["psnr"] >= e["psnr"]]
+            if good:
+                first = min(good, key=lambda r: r["seconds"])
+                text += (f"; {first['method']} already {first['psnr'] - e['psnr']:+.2f} dB vs ECLARE (met) in "
+                         f"{first['seconds']:.0f} s vs {e['seconds']:.0f} s = 1/{e['seconds'] / first['seconds']:.1f} "
+                         f"of its time (target 1/10: {verdict(first['seconds'] * 10 <= e['seconds'])})")
+            else:
+                text += f"; best {best['psnr'] - e['psnr']:+.2f} dB vs ECLARE (missed)"
         else:
             text += "; ECLARE not run on this case"
         lines.append(text)
@@ -283,14 +307,16 @@ def run_adapt_benchmark(args: argparse.Namespace) -> None:
     rows = []
     for case in ADAPT_CASES:
         if case.slug in slugs:
-            rows += run_case(case, budgets, args.device, eclare)
-    real = run_real(budgets, args.device)
+            rows += run_case(case, budgets, args.device, eclare, args.adapt_patience)
+    real = run_real(budgets, args.device, args.adapt_patience)
     memory = _memory(args.device)
     print(json.dumps(memory), flush=True)
     figure(rows, args.out / "figures" / "sr_adapt_psnr_time.png")
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     env = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-           "torch": torch.__version__, "device": device}
+           "torch": torch.__version__, "device": device, "load": os.getloadavg()[0]}
     command = (f"python benchmarks/sr_benchmark.py --adapt --adapt-budgets {args.adapt_budgets} --cases {args.cases} "
-               f"--device {args.device}" + (f" --eclare-python {args.eclare_python}" if args.eclare_python else ""))
+               f"--device {args.device}" + ("" if args.adapt_patience is None else
+                                            f" --adapt-patience {args.adapt_patience}")
+               + (f" --eclare-python {args.eclare_python}" if args.eclare_python else ""))
     write_section("sr_adapt", markdown(rows, real, memory, env, command), args.out / "benchmarks.md")

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 INPLANE_AXES = ("x", "y")
 _MIN_BAND = 4  # slices of a held-out or training band at least
+_BODY_HU = -500.0  # body_crop: voxels above this are body
 _PROFILE_BODY_HU = -900.0  # neighbours compared by estimate_profile lie above this (no body/air edges)
 
 
@@ -42,6 +43,26 @@ def memory_volume(volume: Volume, name: str = "scan") -> CachedVolume:
     """``volume``'s voxels as a :class:`CachedVolume` held in memory (no cache file, no copy)."""
     return CachedVolume(npy=Path(), shape=volume.shape, spacing=tuple(volume.spacing), name=name,
                         _array=volume.array)
+
+
+def body_crop(volume: Volume, max_inplane: int, body_hu: float = _BODY_HU) -> Volume:
+    """At most ``max_inplane`` rows and columns of every slice, centred on the body's bounding box.
+
+    The crop keeps the scan's geometry (its origin moves to the first kept voxel); the array is a view.
+    The body is every voxel above ``body_hu``; a scan without one is cropped at its centre.
+    """
+    n_y, n_x = volume.shape[1:]
+    if n_y <= max_inplane and n_x <= max_inplane:
+        return volume
+    rows, cols = np.nonzero((volume.array > body_hu).any(axis=0))
+    starts = []
+    for n, hits in ((n_y, rows), (n_x, cols)):
+        size = min(n, max_inplane)
+        centre = (hits.min() + hits.max() + 1) / 2 if hits.size else n / 2
+        starts.append(int(np.clip(round(centre - size / 2), 0, n - size)))
+    y0, x0 = starts
+    array = volume.array[:, y0:y0 + min(n_y, max_inplane), x0:x0 + min(n_x, max_inplane)]
+    return volume.replace(array=array, origin=tuple(float(v) for v in volume.index_to_physical([x0, y0, 0])))
 
 
 def split_slices(n_slices: int, holdout_fraction: float, min_band: int = _MIN_BAND) -> tuple[list[tuple[int, int]],

@@ -65,7 +65,7 @@ class AdaptOptions:
 
     steps: int = 300
     seconds: float | None = 120.0
-    lr: float = 5e-4
+    lr: float = 1e-3
     batch_size: int = 4
     patch_size: tuple[int, int, int] = (32, 32, 48)
     val_every: int = 20
