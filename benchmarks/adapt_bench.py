@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctsr_models.inference import AdaptOptions, EnhanceOptions, adapt_network, enhance, enhance_detailed, resolve_model
+from ctsr_models.inference import (
+    AdaptOptions, EnhanceOptions, adapt_network, enhance, enhance_detailed, pick_device, resolve_model,
+)
 from ctsr_models.io import Volume, read_volume, write_volume
 from ctsr_models.metrics import compare_volumes
 from ctsr_models.physics import simulate_thick_slices
@@ -157,8 +159,7 @@ def run_real(budgets: list[float], device: str, patience: int | None) -> list[di
     for budget in budgets:
         start = time.perf_counter()
         result = adapt_network(thick, resolve_model("default"), 1.0, None, adapt_options(budget, patience),
-                               torch.device("cpu" if device == "auto" and not torch.cuda.is_available() else
-                                            "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"))
+                               pick_device(device))
         rows.append({"budget": budget, "seconds": time.perf_counter() - start, **result.summary()})
         print(json.dumps(rows[-1], default=str), flush=True)
     return rows

@@ -29,13 +29,12 @@ from ctsr_models.physics import PROFILES, degrade_axis
 
 from .cache import CachedVolume
 from .pairs import Degradation, DegradationRanges, ThinGrid, make_pair
-from .patches import SRTrainDataset, VolumeEntry, cut_patch, pair_to_tensors
+from .patches import BODY_HU, SRTrainDataset, VolumeEntry, cut_patch, pair_to_tensors
 
 log = logging.getLogger(__name__)
 
 INPLANE_AXES = ("x", "y")
 _MIN_BAND = 4  # slices of a held-out or training band at least
-_BODY_HU = -500.0  # body_crop: voxels above this are body
 _PROFILE_BODY_HU = -900.0  # neighbours compared by estimate_profile lie above this (no body/air edges)
 
 
@@ -45,7 +44,7 @@ def memory_volume(volume: Volume, name: str = "scan") -> CachedVolume:
                         _array=volume.array)
 
 
-def body_crop(volume: Volume, max_inplane: int, body_hu: float = _BODY_HU) -> Volume:
+def body_crop(volume: Volume, max_inplane: int, body_hu: float = BODY_HU) -> Volume:
     """At most ``max_inplane`` rows and columns of every slice, centred on the body's bounding box.
 
     The crop keeps the scan's geometry (its origin moves to the first kept voxel); the array is a view.

@@ -35,10 +35,10 @@ from ctsr_models.physics import ProjectionGeometry, VolumeGrid, drr, view_name
 from ctsr_models.physics.lifting import lifting_coords
 
 from .cache import CachedVolume
+from .patches import BODY_HU
 
 CLEAN_HU = (-1000.0, 1500.0)
 XRAY_PERCENTILES = (0.5, 99.5)
-BODY_HU = -500.0
 GEOMETRY_FIELDS = 16  # source 3, origin 3, row_dir 3, col_dir 3, shape 2, pixel_mm 2
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
