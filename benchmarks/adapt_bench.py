@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctsr_models.inference import (
-    AdaptOptions, EnhanceOptions, adapt_network, enhance, enhance_detailed, pick_device, resolve_model,
-)
+from ctsr_models.inference import EnhanceOptions, enhance, pick_device, resolve_model
 from ctsr_models.io import Volume, read_volume, write_volume
 from ctsr_models.metrics import compare_volumes
 from ctsr_models.physics import simulate_thick_slices
+from ctsr_models.training.adapt import AdaptOptions, adapt_network, enhance_adapted
 
 from report import write_section
 
@@ -118,9 +117,8 @@ def run_case(case: AdaptCase, budgets: list[float], device: str, eclare: dict, p
                      "seconds": time.perf_counter() - start, **score(out, truth, case)})
     for budget in budgets:
         start = time.perf_counter()
-        options = EnhanceOptions(target_spacing=s, input_thickness=case.thickness, device=device,
-                                 adapt=adapt_options(budget, patience))
-        out, details = enhance_detailed(thick, options)
+        options = EnhanceOptions(target_spacing=s, input_thickness=case.thickness, device=device)
+        out, details = enhance_adapted(thick, options, adapt_options(budget, patience))
         rows.append({"method": f"adapted {budget:g} s", "seconds": time.perf_counter() - start,
                      **score(out, truth, case), "adaptation": details["adaptation"]})
     rows.append(eclare_row(case, path, truth, eclare))
@@ -174,7 +172,8 @@ def memory_probe(out_json: Path, device: str) -> None:
     thick = simulate_thick_slices(truth, 4.0, 4.0, "rect")  # 120 slices at 2 mm -> 60 slabs of 4 mm
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = time.perf_counter()
-    out = enhance(thick, EnhanceOptions(target_spacing=1.0, device=device, adapt=AdaptOptions(steps=100_000, seconds=30)))
+    out, _ = enhance_adapted(thick, EnhanceOptions(target_spacing=1.0, device=device),
+                             AdaptOptions(steps=100_000, seconds=30))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out_json.write_text(json.dumps({"input_size_xyz": list(thick.shape[::-1]), "output_size_xyz": list(out.shape[::-1]),
                                     "peak_rss_gb": peak, "rss_before_gb": before,
@@ -313,7 +312,7 @@ def run_adapt_benchmark(args: argparse.Namespace) -> None:
     memory = _memory(args.device)
     print(json.dumps(memory), flush=True)
     figure(rows, args.out / "figures" / "sr_adapt_psnr_time.png")
-    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device).type
     env = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
            "torch": torch.__version__, "device": device, "load": os.getloadavg()[0]}
     command = (f"python benchmarks/sr_benchmark.py --adapt --adapt-budgets {args.adapt_budgets} --cases {args.cases} "

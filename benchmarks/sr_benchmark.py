@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctsr_models.inference import INTERPOLATORS, EnhanceOptions, enhance
+from ctsr_models.inference import DEVICES, INTERPOLATORS, EnhanceOptions, enhance, pick_device
 from ctsr_models.io import Volume, read_volume
 from ctsr_models.metrics import compare_volumes
 from ctsr_models.physics import simulate_thick_slices
@@ -213,7 +213,7 @@ def targets(rows: list[dict], real: list[dict], model: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model to score beside the baselines")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="where the markdown and figure go")
     add_adapt_args(parser)
     args = parser.parse_args()
@@ -235,7 +235,7 @@ def main() -> None:
     real = run_real(models, args.device)
     print(json.dumps(real, indent=1), flush=True)
     coronal_figure(figure_outputs, args.model, args.out / "figures" / "sr_coronal.png")
-    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device).type
     env = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
            "torch": torch.__version__, "device": device}
     command = f"python benchmarks/sr_benchmark.py --model {args.model} --device {args.device}"

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ctsr_models.inference import DEVICES, pick_device
 from ctsr_models.nets import build_net
 from ctsr_models.training import TrainerConfig, load_config
 from ctsr_models.training.optim import autocast, make_optimizer
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(REPO / "train" / "configs" / "sr.yaml"),
                    help="training config (network, patch size, batch size)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--variants", help="comma-separated (default: all on GPU, fp32 on CPU)")
     p.add_argument("--batch-size", type=int, help="default: the config's trainer.batch_size")
     p.add_argument("--steps", type=int, default=20)
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     cfg = load_config(SRConfig, args.config, args.overrides)
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
+    device = pick_device(args.device)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True

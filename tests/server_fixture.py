@@ -108,7 +108,7 @@ def running_server(studies: Path, env: Mapping[str, str] | None = None, conf: Ma
         workdir: where the log, temporary files and sessions go (default: a new temporary folder).
 
     Raises:
-        RuntimeError: the server did not answer ``/info/`` in time (the message ends with its log).
+        RuntimeError: the server did not answer ``/health`` in time (the message ends with its log).
     """
     with contextlib.ExitStack() as stack:
         folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ctsr_server_")))
@@ -139,7 +139,7 @@ def _wait_until_ready(server: Server) -> None:
         if server.process.poll() is not None:
             break
         with contextlib.suppress(requests.RequestException):
-            if requests.get(server.url + "/info/", timeout=5).status_code == 200:
+            if requests.get(server.url + "/health", timeout=5).status_code == 200:  # open even with a token
                 return
         time.sleep(0.5)
     raise RuntimeError(f"the server did not start (exit code {server.process.poll()}); its log:\n"

@@ -148,3 +148,45 @@ def test_reading_and_writing_leave_a_synthetic_source_unchanged(tmp_path):
     before = folder_hashes(folder)
     write_dicom_series(read_dicom(folder, resample_irregular=True), tmp_path / "out")
     assert folder_hashes(folder) == before
+
+
+def test_derivation_describes_the_series_and_references_its_source(tmp_path):
+    vol, source_folder = source_volume(tmp_path)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(source_folder.iterdir())]
+    instances = tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sources)
+    derivation = dicom_write.Derivation(method="AI-enhanced", model="sr_unet_small_v3", spacing_mm=1.25,
+                                        details="AI-generated detail.", source_instances=instances)
+    out = write_dicom_series(vol, tmp_path / "out", derivation=derivation)
+    headers = [pydicom.dcmread(p) for p in sorted(out.iterdir())]
+    for ds in headers:
+        assert ds.SeriesDescription == "AI-enhanced 1.25 mm sr_unet_small_v3 [CT Enhance]"
+        assert ds.DerivationDescription == ("AI-enhanced by CT Enhance (ctsr_models 0.1.0), model sr_unet_small_v3, "
+                                            "slice spacing 1.25 mm. AI-generated detail.")
+        assert len(ds.ReferencedSeriesSequence) == 1
+        item = ds.ReferencedSeriesSequence[0]
+        assert item.SeriesInstanceUID == vol.meta["SeriesInstanceUID"]
+        assert [(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID) for r in item.ReferencedInstanceSequence] == \
+            list(instances)
+        assert ds.BurnedInAnnotation == "NO" and ds.ManufacturerModelName == "CT Enhance"
+    np.testing.assert_array_equal(read_dicom(out).array, np.rint(vol.array))
+    explicit = write_dicom_series(vol, tmp_path / "explicit", series_description="mine", derivation=derivation)
+    assert pydicom.dcmread(sorted(explicit.iterdir())[0]).SeriesDescription == "mine"
+
+
+def test_long_descriptions_keep_the_tag_and_datasets_equal_the_files(tmp_path):
+    vol, _ = source_volume(tmp_path)
+    long = dicom_write.Derivation(method="AI estimate from X-rays", model="m" * 80, spacing_mm=2.0,
+                                  source_series=("1.2.3", "1.2.4"))
+    text = long.series_description()
+    assert len(text) == 64 and text.endswith(" [CT Enhance]") and text.startswith("AI estimate from X-rays 2 mm mmm")
+    datasets = list(dicom_write.derived_series_datasets(vol, derivation=long))
+    assert [d.InstanceNumber for d in datasets] == list(range(1, vol.shape[0] + 1))
+    assert len({d.SeriesInstanceUID for d in datasets}) == 1
+    assert [i.SeriesInstanceUID for i in datasets[0].ReferencedSeriesSequence] == ["1.2.3", "1.2.4"]
+    assert "ReferencedInstanceSequence" not in datasets[0].ReferencedSeriesSequence[0]
+    stacked = np.stack([d.pixel_array for d in datasets])
+    np.testing.assert_array_equal(stacked, np.rint(vol.array).astype(np.int16))
+    with pytest.raises(ValueError, match="int16"):
+        dicom_write.derived_series_datasets(vol, dtype="float32")
+    plain = next(iter(dicom_write.derived_series_datasets(vol)))
+    assert "DerivationDescription" in plain and "ReferencedSeriesSequence" not in plain

@@ -11,13 +11,14 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from ctsr_models.inference import (INTERPOLATORS, EnhanceOptions, WeightsError, enhance, load_network,
-                                   read_manifest, through_plane_grid)
-from ctsr_models.inference.enhance import resampled_input
+from ctsr_models.inference import (INTERPOLATORS, EnhanceOptions, WeightsError, enhance, enhance_detailed,
+                                   load_network, read_manifest, through_plane_grid)
+from ctsr_models.inference.predictor import resampled_input
 from ctsr_models.inference.models import ship_model
 from ctsr_models.io import InputError, Volume
 from ctsr_models.io.checksum import sha256
 from ctsr_models.nets import build_net
+from ctsr_models.physics.consistency import SlabOperator, consistency_rmse
 
 
 def thick_volume(n=10, spacing=5.0, shape=(24, 20), direction=np.eye(3), value=None) -> Volume:
@@ -114,10 +115,28 @@ def tiny_model(tmp_path, monkeypatch):
 
 def test_untrained_network_returns_its_physical_linear_input(tiny_model):
     vol = thick_volume(n=6, shape=(40, 36))
-    out = enhance(vol, EnhanceOptions(model="default"))
+    out = enhance(vol, EnhanceOptions(model="default", consistency=False))
     grid = through_plane_grid(vol, 1.0)
     np.testing.assert_allclose(out.array, resampled_input(vol, grid), atol=1e-2)
-    assert out.findings[-1].startswith("enhanced: model tiny")
+    assert out.findings[-2].startswith("enhanced: model tiny")
+    assert out.findings[-1].startswith("data consistency: not enforced")
+
+
+def test_a_network_result_reproduces_the_acquired_slabs(tiny_model):
+    """With data consistency (the default) the result, degraded again with the slab profile, gives back
+    the input slabs; without it the linear input does not (its slabs are smoothed twice)."""
+    vol = thick_volume(n=6, shape=(40, 36))
+    out, details = enhance_detailed(vol, EnhanceOptions(model="default"))
+    raw = enhance(vol, EnhanceOptions(model="default", consistency=False))
+    op = SlabOperator.for_grid(through_plane_grid(vol, 1.0), details["data_consistency"]["profile"]["fwhm_mm"])
+    mask = np.ones(vol.array.shape, dtype=bool)
+    assert consistency_rmse(out.array, vol.array, op, mask) < 0.01
+    assert consistency_rmse(raw.array, vol.array, op, mask) > 1.0
+    assert details["data_consistency"]["rmse_after_hu"] < 0.01 < details["data_consistency"]["rmse_before_hu"]
+    assert details["data_consistency"]["enforced"] is True
+    lanczos, lanczos_details = enhance_detailed(vol, EnhanceOptions(model="lanczos"))
+    assert lanczos_details["data_consistency"]["enforced"] is False  # baselines are shown as they are
+    np.testing.assert_array_equal(lanczos.array, enhance(vol, EnhanceOptions(model="lanczos", consistency=False)).array)
 
 
 def test_altered_weights_are_refused(tiny_model):

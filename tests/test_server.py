@@ -147,7 +147,7 @@ def test_info_and_health_describe_the_task(server):
     assert task["params"]["device"]["choices"] == ["auto", "cpu", "cuda"]
     assert task["config"]["model"] == "default" and task["output"]["default_extension"] == ".nrrd"
     health = requests.get(f"{server.url}/health", timeout=10).json()
-    assert health["status"] == "ok" and health["tasks"] == [TASK, "xray_to_ct"] and health["infer_off_event_loop"] is True
+    assert health["status"] == "ok" and health["tasks"] == ["ct_denoise", TASK, "xray_to_ct"] and health["infer_off_event_loop"] is True
 
 
 def test_datastore_image_through_the_network_equals_the_cli(server, data):

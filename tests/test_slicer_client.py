@@ -427,3 +427,46 @@ def test_background_job_reports_progress_and_hands_over_result_and_error():
 def _grid(image: sitk.Image) -> Grid:
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     return Grid(image.GetSize(), image.GetSpacing(), image.GetOrigin(), tuple(map(tuple, direction.T)))
+
+
+# --- a server that requires an API token -------------------------------------------------------
+
+TOKEN = "client-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory) -> Iterator[tuple[Server, Path]]:
+    folder = tmp_path_factory.mktemp("token")
+    (folder / "studies").mkdir()
+    (folder / "token.txt").write_text(TOKEN + "\n")
+    with running_server(folder / "studies", conf={"api_token_file": str(folder / "token.txt")}) as srv:
+        yield srv, folder / "token.txt"
+
+
+def test_the_token_is_sent_on_every_request(token_server, ct, tmp_path):
+    server, token_file = token_server
+    with pytest.raises(ServerError) as refused:
+        Client(server.url).tasks()
+    assert refused.value.status == 401 and "API token" in str(refused.value)
+    with pytest.raises(ServerError) as wrong:
+        Client(server.url, token="not-the-token-000000").tasks()
+    assert wrong.value.status == 401
+    client = Client(server.url, token=TOKEN)
+    assert SR_TASK in {task.name for task in client.tasks()}
+    result = client.enhance(ct, tmp_path / "out.nrrd", target_spacing=2.0, model="linear")
+    assert sitk.ReadImage(str(result.path)).GetSpacing()[2] == 2.0
+    with pytest.raises(ClientError):
+        Client(server.url, token="two words")
+
+    def client_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "CTEnhanceLib.client", "--server", server.url, *args],
+                              cwd=MODULE_DIR, capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                              env={**os.environ, **(env or {})})
+
+    assert client_cli("--token-file", str(token_file), "info").returncode == 0
+    assert client_cli("info", env={"CTENHANCE_API_TOKEN": TOKEN}).returncode == 0
+    without = client_cli("info", env={"CTENHANCE_API_TOKEN": ""})
+    assert without.returncode == 2 and "API token" in without.stderr and without.stderr.count("\n") == 1
+    missing = client_cli("--token-file", str(tmp_path / "nope.txt"), "info")
+    assert missing.returncode == 2 and "token file" in missing.stderr
+    assert TOKEN not in server.log_text()

@@ -36,4 +36,4 @@ def test_xray_volumes_go_to_their_views_and_three_distinct_ids_are_required():
 def test_previous_layout_never_returns_to_either_result_layout():
     assert layout.layout_to_restore(layout.XRAY_LAYOUT_ID, layout.LAYOUT_ID) == layout.FOUR_UP_LAYOUT
     assert layout.layout_to_restore(None, layout.XRAY_LAYOUT_ID) == layout.FOUR_UP_LAYOUT
-    assert layout.result_name("chest PA", xray=True) == "chest PA CT estimate"
+    assert layout.result_name("chest PA", xray=True) == "chest PA CT estimate (AI-generated)"

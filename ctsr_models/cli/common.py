@@ -6,11 +6,15 @@ import json
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from ctsr_models.io.errors import InputError
+from ctsr_models.io.output_check import OutputKind, check_output
 
 log = logging.getLogger("ctsr_models.cli")
 
@@ -89,6 +93,11 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def check_output_path(out: str | Path, kind: OutputKind = "volume", overwrite: bool = False) -> None:
+    """Refuse an unwritable output or unknown format before any work (see :mod:`ctsr_models.io.output_check`)."""
+    check_output(out, kind, overwrite)
+
+
 def refuse_same_path(inp: str | Path, out: str | Path) -> None:
     """Inputs are never modified: refuse an output that is the input itself."""
     if Path(out).resolve() == Path(inp).resolve():
@@ -119,7 +128,10 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
     """
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    if not isinstance(sys.stderr, _LineTracker):
+        sys.stderr = _LineTracker(sys.stderr)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    logging.captureWarnings(True)  # library warnings (pydicom's UserWarning...) as one log line each
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -140,9 +152,40 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
 
 
 def _fail(args: argparse.Namespace, message: str) -> None:
+    """Write the error as the last line of stderr: after a half-drawn progress bar's line, and with
+    nothing (warnings, log lines) after it."""
     if args.debug:
         log.exception("failed")
-    sys.stderr.write(f"{parser_prog()}: error: {message.splitlines()[0] if message else 'failed'}\n")
+    line = f"{parser_prog()}: error: {message.splitlines()[0] if message else 'failed'}\n"
+    for bar in list(getattr(tqdm, "_instances", ())):  # bars left open would redraw after the error at exit
+        bar.close()
+    stream = sys.stderr
+    if isinstance(stream, _LineTracker) and not stream.at_line_start:
+        line = "\n" + line
+    stream.write(line)
+    stream.flush()
+    logging.disable(logging.CRITICAL)
+    warnings.simplefilter("ignore")
+
+
+class _LineTracker:
+    """A text stream wrapper that remembers whether the last character written ended a line.
+
+    Progress bars redraw their line with ``\\r`` and no newline; an error written after one would
+    share its line. :func:`_fail` starts a new line when needed.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def parser_prog() -> str:

@@ -20,10 +20,10 @@ from ctsr_models.io.atomic import atomic_dir
 from ctsr_models.io.radiograph import sidecar_path
 from ctsr_models.physics import (EFFECTIVE_ENERGY_KEV, ProjectionGeometry, VolumeGrid, drr, save_geometries,
                                  view_name)
-from ctsr_models.physics.xray_geometry import DEFAULT_SID_MM, DEFAULT_SOD_MM
+from ctsr_models.io.xray_geometry import DEFAULT_SID_MM, DEFAULT_SOD_MM
 
-from .common import (add_common_args, add_read_args, positive_float, positive_int, print_json, read_options,
-                     refuse_same_path, run_cli)
+from .common import (add_common_args, add_read_args, check_output_path, positive_float, positive_int, print_json,
+                     read_options, refuse_same_path, run_cli)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def projection_device(name: str) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     refuse_same_path(args.input, args.output)
+    check_output_path(args.output, kind="folder", overwrite=args.overwrite)
     if not args.sod < args.sid:
         raise ValueError(f"--sod ({args.sod:g} mm) must be less than --sid ({args.sid:g} mm)")
     start = time.perf_counter()

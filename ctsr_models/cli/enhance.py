@@ -1,4 +1,10 @@
-"""``ctsr-enhance IN OUT``: through-plane super-resolution of a thick-slice CT to thin slices."""
+"""``ctsr-enhance IN OUT``: through-plane super-resolution of a thick-slice CT to thin slices.
+
+With a diffusion model (``--model diffusion`` or its name) OUT is the mean of ``--samples`` K samples (the
+sample itself for K = 1), each consistent with the input slabs, and ``--uncertainty STD_OUT`` writes their
+calibrated per-voxel standard deviation (float32 HU, same grid); the result contains AI-generated detail
+and says so (findings, JSON report, DICOM SeriesDescription).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +14,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctsr_models.inference import DEVICES, AdaptOptions, EnhanceOptions, available_models, enhance_detailed
-from ctsr_models.inference.adapt import PROFILES
+from ctsr_models.inference import DEVICES, EnhanceOptions, ModelKind, available_models, enhance_detailed, resolve_model
 from ctsr_models.io import InputError, read_volume, write_volume
+from ctsr_models.training.adapt import PROFILES, AdaptOptions, enhance_adapted
 
-from .common import (add_common_args, add_read_args, add_write_args, positive_float, positive_int, print_json,
-                     read_options, refuse_same_path, run_cli)
+from .common import (add_common_args, add_read_args, add_write_args, check_output_path, positive_float, positive_int,
+                     print_json, read_options, refuse_same_path, run_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,9 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output slice spacing (default 1 mm)")
     parser.add_argument("--input-thickness", type=positive_float, metavar="MM",
                         help="slab thickness of the input (default: from the header, else the slice spacing)")
+    parser.add_argument("--input-profile", choices=("rect", "gaussian"), default="rect",
+                        help="slab profile shape of that thickness (default rect)")
+    parser.add_argument("--estimate-profile", action="store_true",
+                        help="without --input-thickness, estimate the slab profile (shape and width) from the scan "
+                             "itself and use it when the estimate is confident (docs/slice_profile.md)")
+    parser.add_argument("--no-consistency", action="store_true",
+                        help="return the network's output as it is, without projecting it onto the volumes that "
+                             "reproduce the acquired slabs (the residual is still reported)")
     parser.add_argument("--model", default="default", help=f"one of: {', '.join(available_models())}")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="where the network runs (default auto)")
     add_adapt_args(parser)
+    add_diffusion_args(parser)
     add_write_args(parser)
     add_read_args(parser)
     add_common_args(parser)
@@ -50,6 +65,45 @@ def add_adapt_args(parser: argparse.ArgumentParser) -> None:
                        help="save the weights used (adapted or pretrained) and the run's settings to PATH (.pt)")
 
 
+def add_diffusion_args(parser: argparse.ArgumentParser) -> None:
+    """Options of a diffusion model (refused for the other kinds)."""
+    group = parser.add_argument_group("diffusion models (--model diffusion or a diffusion model's name)")
+    group.add_argument("--steps", type=positive_int, metavar="N", help="sampling steps (default: the model's)")
+    group.add_argument("--samples", type=positive_int, metavar="K",
+                       help="samples to draw; OUT is their mean (default: the model's)")
+    group.add_argument("--seed", type=non_negative_int, metavar="S", help="random seed (default 0)")
+    group.add_argument("--uncertainty", metavar="STD_OUT",
+                       help="also write the calibrated per-voxel standard deviation (float32 HU, same grid) here")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def check_diffusion_args(args: argparse.Namespace) -> None:
+    """Refuse diffusion options for a model of another kind, and an unusable STD_OUT, before any work.
+
+    Raises:
+        InputError: one line naming the option.
+    """
+    given = [name for name in ("steps", "samples", "seed", "uncertainty") if getattr(args, name) is not None]
+    if given and resolve_model(args.model).kind is not ModelKind.DIFFUSION:
+        raise InputError(f"--{given[0]} applies to diffusion models only (--model diffusion or a diffusion "
+                         f"model's name), not to {args.model!r}")
+    if args.uncertainty is not None:
+        refuse_same_path(args.input, args.uncertainty)
+        if Path(args.uncertainty).resolve() == Path(args.output).resolve():
+            raise InputError("--uncertainty must name another file than OUT")
+        check_output_path(args.uncertainty, overwrite=args.overwrite)
+
+
 def adapt_options(args: argparse.Namespace) -> AdaptOptions | None:
     """The adaptation options of the command line (``None`` without ``--adapt``).
 
@@ -71,21 +125,39 @@ def adapt_options(args: argparse.Namespace) -> AdaptOptions | None:
 
 def run(args: argparse.Namespace) -> int:
     refuse_same_path(args.input, args.output)
+    check_output_path(args.output, overwrite=args.overwrite)
+    check_diffusion_args(args)
     start = time.perf_counter()
     adapt = adapt_options(args)
     volume = read_volume(args.input, **read_options(args))
     options = EnhanceOptions(target_spacing=args.target_spacing, model=args.model,
-                             input_thickness=args.input_thickness, device=args.device, adapt=adapt)
+                             input_thickness=args.input_thickness, input_profile=args.input_profile,
+                             estimate_profile=args.estimate_profile, consistency=not args.no_consistency,
+                             device=args.device, steps=args.steps,
+                             samples=args.samples, seed=args.seed)
     with tqdm(total=100, desc="enhance", unit="%", disable=args.quiet, leave=False) as bar:
         def progress(fraction: float, stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update(round(fraction * 100) - bar.n)
 
-        result, details = enhance_detailed(volume, options, progress)
-    write_volume(result, args.output, dtype=args.dtype, overwrite=args.overwrite)
+        if adapt is None:
+            result, details = enhance_detailed(volume, options, progress)
+        else:
+            result, details = enhance_adapted(volume, options, adapt, progress)
+    uncertainty = details.pop("uncertainty", None)
+    generated = details.get("diffusion")
+    description = None if generated is None else f"AI-generated detail, diffusion {details['model']}"[:64]
+    write_volume(result, args.output, dtype=args.dtype, overwrite=args.overwrite, series_description=description)
     report = {"output": str(args.output), "model": args.model, "geometry": result.geometry_dict(),
-              "seconds": round(time.perf_counter() - start, 2), "findings": result.findings}
-    if details["adaptation"] is not None:
+              "seconds": round(time.perf_counter() - start, 2), "findings": result.findings,
+              "data_consistency": details["data_consistency"]}
+    if generated is not None:
+        report["diffusion"] = generated
+    if uncertainty is not None and args.uncertainty is not None:
+        write_volume(uncertainty, args.uncertainty, dtype="float32", overwrite=args.overwrite,
+                     series_description=f"uncertainty (std HU), diffusion {details['model']}"[:64])
+        report["uncertainty"] = str(args.uncertainty)
+    if "adaptation" in details:
         report["adaptation"] = details["adaptation"]
         if not details["adaptation"]["adapted"]:
             logging.getLogger("ctsr_models.cli").warning("%s", details["adaptation"]["message"])

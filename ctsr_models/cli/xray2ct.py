@@ -14,7 +14,8 @@ from ctsr_models.io import write_volume
 from ctsr_models.io.radiograph import Radiograph, read_radiograph
 from ctsr_models.physics import load_geometries
 
-from .common import add_common_args, add_write_args, positive_float, print_json, refuse_same_path, run_cli
+from .common import (add_common_args, add_write_args, check_output_path, positive_float, print_json, refuse_same_path,
+                     run_cli)
 
 GEOMETRY_KEYS = {"frontal": ("frontal", "pa", "ap"), "lateral": ("lateral", "ll", "rl")}
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-steps", type=int, default=XrayOptions.refine_steps, metavar="N",
                         help=f"projection-consistency refinement steps, 0 to switch it off "
                              f"(default {XrayOptions.refine_steps})")
+    parser.add_argument("--no-pair-check", action="store_true",
+                        help="do not refuse impossible pairs (same picture, same view, not radiographs, different "
+                             "bodies); research use only")
     add_write_args(parser)
     add_common_args(parser)
     return parser
@@ -61,9 +65,11 @@ def read_pair(args: argparse.Namespace) -> tuple[Radiograph, Radiograph]:
 def run(args: argparse.Namespace) -> int:
     for source in (args.frontal, args.lateral):
         refuse_same_path(source, args.output)
+    check_output_path(args.output, overwrite=args.overwrite)
     start = time.perf_counter()
     frontal, lateral = read_pair(args)
-    options = XrayOptions(model=args.model, device=args.device, refine_steps=args.refine_steps)
+    options = XrayOptions(model=args.model, device=args.device, refine_steps=args.refine_steps,
+                           check_pair=not args.no_pair_check)
     with tqdm(total=100, desc="xray2ct", unit="%", disable=args.quiet, leave=False) as bar:
         def progress(fraction: float, stage: str) -> None:
             bar.set_postfix_str(stage)

@@ -1,7 +1,9 @@
 """Training data: volume sources decoded once into a cache, patch sampling, and SR pairs simulated on
-the fly with :mod:`ctsr_models.physics` (through-plane along z, in-plane self-supervision along x/y)."""
+the fly with :mod:`ctsr_models.physics` (through-plane along z, in-plane self-supervision along x/y), and
+new patients for X-ray → CT pairs from anatomical augmentation (:mod:`.anatomy_augment`)."""
 from __future__ import annotations
 
+from .anatomy_augment import AnatomyAug, AnatomyDraw, AnatomyResult, augment_anatomy, augment_volume
 from .cache import CachedVolume, VolumeCache, cache_key
 from .intensity import HU_SCALE, hu_to_net, net_to_hu
 from .pairs import (
@@ -15,7 +17,7 @@ from .patches import (
 from .sources import AXES, VolumeRef, VolumeSource, find_volumes, matched_paths
 
 __all__ = [
-    "AXES", "HU_SCALE", "PERMUTATIONS", "CachedVolume", "Degradation", "DegradationRanges", "SRPair",
+    "AXES", "AnatomyAug", "AnatomyDraw", "AnatomyResult", "augment_anatomy", "augment_volume", "HU_SCALE", "PERMUTATIONS", "CachedVolume", "Degradation", "DegradationRanges", "SRPair",
     "SRTrainDataset", "SRValDataset", "StreamSampler", "ThinGrid", "VolumeCache", "VolumeEntry", "VolumeRef",
     "VolumeSource",
     "cache_key", "cut_patch", "find_volumes", "fixed_degradation", "hu_to_net", "interpolate_slabs", "make_pair",

@@ -34,12 +34,14 @@ from ctsr_models.io import Volume
 from ctsr_models.physics import ProjectionGeometry, VolumeGrid, drr, view_name
 from ctsr_models.physics.lifting import lifting_coords
 
+from .anatomy_augment import AnatomyAug, AnatomyDraw, augment_anatomy
 from .cache import CachedVolume
 from .patches import BODY_HU
 
 CLEAN_HU = (-1000.0, 1500.0)
 XRAY_PERCENTILES = (0.5, 99.5)
 GEOMETRY_FIELDS = 16  # source 3, origin 3, row_dir 3, col_dir 3, shape 2, pixel_mm 2
+ANATOMY_MARGIN = 1.25  # side of the grid read around the output cube for anatomical augmentation
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -299,9 +301,28 @@ def xray_like(line_integrals: np.ndarray, rng: np.random.Generator, contrast: Co
     return normalize_xray(x)
 
 
+def augmented_ct(ct: Volume, grid: VolumeGrid, rng: np.random.Generator, anatomy: AnatomyAug | AnatomyDraw,
+                 scale: float = 1.0) -> tuple[np.ndarray, AnatomyDraw]:
+    """HU of a new patient made from ``ct`` (:mod:`~ctsr_models.data.anatomy_augment`) on ``grid``.
+
+    The CT is resampled onto a cube :data:`ANATOMY_MARGIN` times larger than ``grid`` (same centre and
+    spacing), so that shrinking and moving the anatomy brings in the patient's tissue, and augmented
+    from there onto ``grid`` in one resampling.
+
+    Returns:
+        float32 ``grid.shape`` HU and the draw.
+    """
+    size = grid.shape[0] + 2 * math.ceil(grid.shape[0] * (ANATOMY_MARGIN - 1) / 2)
+    centre = np.asarray(grid.origin) + (np.asarray(grid.shape[::-1]) - 1) * np.asarray(grid.spacing) / 2
+    work = VolumeGrid.centred((size,) * 3, grid.spacing[0], centre)
+    result = augment_anatomy(resample_ct(ct, work, scale), work, anatomy, rng, out_grid=grid)
+    return result.hu, result.draw
+
+
 def simulate_pair(ct: Volume, setup: XraySetup, rng: np.random.Generator, jitter: PoseJitter | None = None,
                   contrast: ContrastAug | None = None, *, centre: Sequence[float] | None = None,
-                  scale: float = 1.0, step_mm: float | None = None) -> dict[str, Any]:
+                  scale: float = 1.0, step_mm: float | None = None,
+                  anatomy: AnatomyAug | AnatomyDraw | None = None) -> dict[str, Any]:
     """One simulated training pair.
 
     Args:
@@ -313,22 +334,30 @@ def simulate_pair(ct: Volume, setup: XraySetup, rng: np.random.Generator, jitter
         centre: LPS centre of the output grid; default :func:`body_centre`.
         scale: anatomy magnification about the centre (size augmentation).
         step_mm: projector step along the rays (default half a voxel).
+        anatomy: anatomical augmentation (:func:`augmented_ct`); the radiographs are projected from the
+            augmented CT, which is also the target.
 
     Returns:
         ``frontal``, ``lateral``: float32 ``(detector_px, detector_px)`` in ``[0, 1]``;
         ``ct_net``: float32 ``(size,) * 3`` target (:func:`hu_to_ct_net`) on ``setup.grid(centre)``;
         ``geometries``: the two geometries used (LPS, isocentre near ``centre``); ``centre``: ``(3,)``;
-        ``line_integrals``: float32 ``(2, detector_px, detector_px)``, the clean DRRs.
+        ``line_integrals``: float32 ``(2, detector_px, detector_px)``, the clean DRRs;
+        ``anatomy``: the :class:`AnatomyDraw` (``None`` without ``anatomy``).
     """
     centre = body_centre(ct) if centre is None else np.asarray(centre, dtype=np.float64)
     grid = setup.grid(centre)
-    ct_net = hu_to_ct_net(resample_ct(ct, grid, scale))
+    draw = None
+    if anatomy is None:
+        ct_net = hu_to_ct_net(resample_ct(ct, grid, scale))
+    else:
+        hu_aug, draw = augmented_ct(ct, grid, rng, anatomy, scale)
+        ct_net = hu_to_ct_net(hu_aug)
     hu = ct_net_to_hu(ct_net)
     geometries = jittered_geometries(setup, centre, rng, jitter)
     lines = np.stack([drr(hu, grid, g, step_mm) for g in geometries])
     frontal, lateral = (xray_like(p, rng, contrast) for p in lines)
     return {"frontal": frontal, "lateral": lateral, "ct_net": ct_net, "geometries": geometries,
-            "centre": centre, "line_integrals": lines}
+            "centre": centre, "line_integrals": lines, "anatomy": draw}
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -363,6 +392,7 @@ class PairSettings:
         jitter, contrast: training augmentations (``None``: off).
         centre_jitter_mm: random shift of the output cube from the body centre (training), ± mm per axis.
         scale_range: anatomy magnification ``[lo, hi]`` (training).
+        anatomy: anatomical augmentation (training; ``None``: off), applied before projecting.
     """
 
     setup: XraySetup
@@ -373,6 +403,7 @@ class PairSettings:
     contrast: ContrastAug | None = None
     centre_jitter_mm: float = 0.0
     scale_range: tuple[float, float] = (1.0, 1.0)
+    anatomy: AnatomyAug | None = None
 
 
 def _given_inputs(source: Any, setup: XraySetup, rng: np.random.Generator,
@@ -403,7 +434,7 @@ def make_item(source: Any, settings: PairSettings, rng: np.random.Generator, tra
             scale = rng.uniform(*settings.scale_range)
         pair = simulate_pair(vol, setup, rng, settings.jitter if train else None,
                              settings.contrast if train else None, centre=centre, scale=scale,
-                             step_mm=settings.step_mm)
+                             step_mm=settings.step_mm, anatomy=settings.anatomy if train else None)
         pair["xray_ref"] = np.stack([normalize_xray(p) for p in pair["line_integrals"]])
     local = [g.moved(translation=tuple(-np.asarray(pair["centre"]))) for g in pair["geometries"]]
     grid = setup.grid()

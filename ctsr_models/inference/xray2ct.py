@@ -22,7 +22,6 @@ The result is a model's estimate from two projections, not a CT scan: its findin
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -37,11 +36,13 @@ from ctsr_models.data.xray_pairs import XraySetup, ct_net_to_hu, normalize_xray,
 from ctsr_models.io.errors import InputError
 from ctsr_models.io.radiograph import Radiograph
 from ctsr_models.io.volume import Volume
+from ctsr_models.metrics import psnr_from_mse
 from ctsr_models.physics import MU_AIR_PER_MM, MU_WATER_PER_MM, ProjectionGeometry, VolumeGrid, hu_to_mu, project
 from ctsr_models.physics.lifting import lifting_coords
 
-from .enhance import Progress, pick_device
-from .models import ModelSpec, load_network, resolve_model
+from .device import Progress, pick_device
+from .models import ModelSpec, WeightsError, load_network, resolve_model
+from .xray_pair_check import check_pair
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class XrayOptions:
         refine_lr_hu: step size of the refinement (Adam), HU.
         refine_detector_px: detector pixels per side of the projections used while refining.
         refine_coarse: voxels per side of the (smooth) correction the refinement optimises.
+        check_pair: refuse impossible pairs first (:func:`~ctsr_models.inference.xray_pair_check.check_pair`);
+            ``False`` only for research use.
     """
 
     model: str = "default"
@@ -68,6 +71,7 @@ class XrayOptions:
     refine_lr_hu: float = 20.0
     refine_detector_px: int = 64
     refine_coarse: int = 32
+    check_pair: bool = True
 
 
 @dataclass
@@ -154,7 +158,7 @@ def projection_psnr(volume_hu: torch.Tensor, grid: VolumeGrid, geometries: Seque
         mu = hu_to_mu(volume_hu)[None, None].expand(len(geometries), 1, *volume_hu.shape)
         proj = normalize_xray_torch(project(mu, grid, list(geometries)))
         mse = ((proj - inputs) ** 2).flatten(1).mean(dim=1).clamp_min(1e-12)
-    return [float(-10 * math.log10(m)) for m in mse.cpu()]
+    return [psnr_from_mse(m) for m in mse.cpu()]
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -194,11 +198,14 @@ def refine(volume_hu: torch.Tensor, grid: VolumeGrid, geometries: Sequence[Proje
 
 # ----------------------------------------------------------------------------------------- pipeline
 def model_setup(spec: ModelSpec) -> XraySetup:
-    """The X-ray set-up a shipped model was trained with (stored in the manifest)."""
-    setup = dict(spec.extra.get("setup", {}))
-    if "views" in setup:
-        setup["views"] = tuple(setup["views"])
-    return XraySetup(**setup)
+    """The X-ray set-up a shipped model was trained with (its manifest's ``xray_setup``).
+
+    Raises:
+        WeightsError: the model has none.
+    """
+    if spec.xray_setup is None:
+        raise WeightsError(f"model {spec.name!r} has no xray_setup in its manifest entry")
+    return spec.xray_setup
 
 
 def _check_views(frontal: Radiograph, lateral: Radiograph) -> None:
@@ -235,9 +242,10 @@ def reconstruct(frontal: Radiograph, lateral: Radiograph, options: XrayOptions =
     if options.refine_steps < 0 or options.refine_steps > 1000:
         raise InputError(f"refine steps must be between 0 and 1000, got {options.refine_steps}")
     t0 = time.perf_counter()
+    if options.check_pair:
+        check_pair(frontal, lateral)
     report(0.0, "preparing")
     spec = resolve_model(options.model, task=TASK)
-    assert isinstance(spec, ModelSpec)
     setup = model_setup(spec)
     device = pick_device(options.device)
     net = load_network(spec, device)

@@ -9,12 +9,20 @@ Slice ``k`` has ``ImagePositionPatient = origin + k * spacing_z * d_z`` and the 
 first two direction columns. DICOM readers sort slices along ``row x col``; a left-handed direction
 (``d_z = -(row x col)``) is therefore read back with the slice order and the third direction
 column reversed: the same voxels at the same physical places.
+
+:func:`derived_series_datasets` makes the datasets; :func:`write_dicom_series` writes them to a folder
+and ``monailabel_app/lib/pacs.py`` sends them to a PACS (STOW-RS): one implementation for both.
+A :class:`Derivation` says how the series was made: its SeriesDescription then names the method
+(e.g. ``AI-enhanced``), the slice spacing and the model, and it references the source series
+(``ReferencedSeriesSequence``); without one the description is ``"<source description> [CT Enhance]"``.
 """
 from __future__ import annotations
 
 import copy
 import datetime as dt
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,43 @@ _STUDY_KEYWORDS = (
 )
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID",
           "AccessionNumber", "ReferringPhysicianName", "KVP", "PatientPosition")
+_LO_CHARS = 64
+"""Longest SeriesDescription (VR LO)."""
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """How a derived series was made: shown to a person in its SeriesDescription and DerivationDescription.
+
+    Attributes:
+        method: what was done, as a person should read it first, e.g. ``"AI-enhanced"`` or
+            ``"AI estimate from X-rays"`` (say "AI" whenever a network made the voxels).
+        model: the model that made it (its real name, not an alias such as ``default``).
+        spacing_mm: slice spacing of the result in mm, named in the description (``None``: not named).
+        details: a sentence appended to the DerivationDescription (e.g. "Not an acquired image.").
+        source_series: SeriesInstanceUIDs the series was derived from (default: ``meta["SeriesInstanceUID"]``).
+        source_instances: ``(SOPClassUID, SOPInstanceUID)`` of the source images, listed in the
+            ``ReferencedInstanceSequence`` of the first source series when known.
+    """
+
+    method: str
+    model: str
+    spacing_mm: float | None = None
+    details: str = ""
+    source_series: tuple[str, ...] = ()
+    source_instances: tuple[tuple[str, str], ...] = ()
+
+    def series_description(self) -> str:
+        """``"<method> <spacing> mm <model> [CT Enhance]"``, at most 64 characters (the tag is kept)."""
+        spacing = f" {self.spacing_mm:g} mm" if self.spacing_mm is not None else ""
+        text = f"{self.method}{spacing} {self.model}"
+        return f"{text[:_LO_CHARS - len(ENHANCED_TAG) - 1]} {ENHANCED_TAG}"
+
+    def derivation_description(self) -> str:
+        """One paragraph for DerivationDescription (VR ST): method, software, model, spacing, details."""
+        spacing = f", slice spacing {self.spacing_mm:g} mm" if self.spacing_mm is not None else ""
+        text = f"{self.method} by CT Enhance (ctsr_models {__version__}), model {self.model}{spacing}."
+        return f"{text} {self.details}".strip()[:1024]
 
 
 def write_dicom_series(
@@ -50,6 +95,7 @@ def write_dicom_series(
     series_description: str | None = None,
     overwrite: bool = False,
     dtype: str = "int16",
+    derivation: Derivation | None = None,
 ) -> Path:
     """Write ``volume`` as a derived CT series, one file per slice, into a new folder.
 
@@ -57,9 +103,11 @@ def write_dicom_series(
         volume: HU volume with geometry; its ``meta`` gives patient/study identity (new UIDs are made
             for what is missing).
         out_dir: folder to create. It is written beside as a temporary folder and renamed on success.
-        series_description: SeriesDescription; default ``"<source description> [CT Enhance]"``.
+        series_description: SeriesDescription; default from ``derivation``, else
+            ``"<source description> [CT Enhance]"``.
         overwrite: replace an existing non-empty folder (refused otherwise).
         dtype: ``"int16"`` (HU stored as is) or ``"uint16"`` (HU + 1024, values below -1024 clipped).
+        derivation: how the series was made (description wording and source references).
 
     Returns:
         The folder written.
@@ -68,22 +116,72 @@ def write_dicom_series(
         ValueError: unknown ``dtype``.
         InputError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
     """
+    out_dir = Path(out_dir)
+    datasets = derived_series_datasets(volume, series_description=series_description, dtype=dtype,
+                                       derivation=derivation)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for k, ds in enumerate(datasets):
+            pydicom.dcmwrite(tmp / f"IM{k + 1:05d}.dcm", ds, write_like_original=False)
+    logger.info("wrote a derived DICOM series of %d slices", volume.shape[0])
+    return out_dir
+
+
+def derived_series_datasets(
+    volume: Volume,
+    *,
+    series_description: str | None = None,
+    dtype: str = "int16",
+    derivation: Derivation | None = None,
+) -> Iterator[Dataset]:
+    """The slices of a new derived CT series of ``volume``, one complete dataset (with file meta) each.
+
+    All datasets of one call share a new SeriesInstanceUID; each has a new SOPInstanceUID. Slice
+    ``k`` (``InstanceNumber`` ``k + 1``) holds ``volume.array[k]``, rounded and clipped to ``dtype``.
+    The arguments are those of :func:`write_dicom_series`; they are checked before the first slice.
+
+    Raises:
+        ValueError: unknown ``dtype``.
+    """
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(OUTPUT_DTYPES)}, got {dtype!r}")
-    out_dir = Path(out_dir)
     store_type, intercept = OUTPUT_DTYPES[dtype]
     info = np.iinfo(store_type)
     values = np.rint(np.asarray(volume.array, dtype=np.float64) - intercept)
     stored = np.clip(values, info.min, info.max).astype(store_type)
     template = _series_template(volume, series_description, intercept, dtype == "int16")
+    if derivation is not None:
+        _describe_derivation(template, volume.meta, derivation, series_description)
+    return _slices(volume, template, stored)
+
+
+def _slices(volume: Volume, template: Dataset, stored: np.ndarray) -> Iterator[Dataset]:
     d = volume.direction_matrix
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for k in range(volume.shape[0]):
-            position = np.asarray(volume.origin) + k * volume.spacing[2] * d[:, 2]
-            ds = _slice_dataset(template, stored[k], position, k, float(position @ np.cross(d[:, 0], d[:, 1])))
-            pydicom.dcmwrite(tmp / f"IM{k + 1:05d}.dcm", ds, write_like_original=False)
-    logger.info("wrote a derived DICOM series of %d slices", volume.shape[0])
-    return out_dir
+    for k in range(volume.shape[0]):
+        position = np.asarray(volume.origin) + k * volume.spacing[2] * d[:, 2]
+        yield _slice_dataset(template, stored[k], position, k, float(position @ np.cross(d[:, 0], d[:, 1])))
+
+
+def _describe_derivation(ds: Dataset, meta: dict[str, Any], derivation: Derivation, description: str | None) -> None:
+    """SeriesDescription, DerivationDescription and the references to the source series."""
+    if description is None:
+        ds.SeriesDescription = derivation.series_description()
+    ds.DerivationDescription = derivation.derivation_description()
+    sources = derivation.source_series or ((str(meta["SeriesInstanceUID"]),) if meta.get("SeriesInstanceUID") else ())
+    items = []
+    for n, uid in enumerate(sources):
+        item = Dataset()
+        item.SeriesInstanceUID = uid
+        if n == 0 and derivation.source_instances:
+            item.ReferencedInstanceSequence = [_reference(*pair) for pair in derivation.source_instances]
+        items.append(item)
+    if items:
+        ds.ReferencedSeriesSequence = items
+
+
+def _reference(sop_class: str, sop_instance: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+    return item
 
 
 def _ds(value: float) -> str:
@@ -117,7 +215,9 @@ def _series_template(volume: Volume, description: str | None, intercept: float, 
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     ds.DerivationDescription = "Derived by CT Enhance (ctsr_models)"
     ds.Manufacturer = "ctsr_models"
+    ds.ManufacturerModelName = "CT Enhance"
     ds.SoftwareVersions = __version__
+    ds.BurnedInAnnotation = "NO"
     d = volume.direction_matrix
     ds.ImageOrientationPatient = [_ds(v) for v in np.concatenate([d[:, 0], d[:, 1]])]
     ds.PixelSpacing = [_ds(volume.spacing[1]), _ds(volume.spacing[0])]

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from ctsr_models.physics.xray_geometry import ProjectionGeometry, load_geometries, save_geometries
+from .xray_geometry import ProjectionGeometry, load_geometries, save_geometries
 
 from .atomic import atomic_file
 from .dicom_files import is_dicom_file

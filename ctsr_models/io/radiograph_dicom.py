@@ -31,7 +31,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
-from ctsr_models.physics.xray_geometry import VIEWS, ProjectionGeometry
+from .xray_geometry import VIEWS, ProjectionGeometry
 
 from .. import __version__
 from .atomic import atomic_file

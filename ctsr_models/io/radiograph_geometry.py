@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ctsr_models.physics.xray_geometry import DEFAULT_SID_MM, DEFAULT_SOD_MM, VIEWS, ProjectionGeometry, view_name
+from .xray_geometry import DEFAULT_SID_MM, DEFAULT_SOD_MM, VIEWS, ProjectionGeometry, view_name
 
 from .errors import InputError
 

@@ -5,7 +5,7 @@ in physical space on the reference grid over the z-range both cover (:func:`comp
 from __future__ import annotations
 
 from .compare import compare_volumes
-from .image_metrics import HU_MAX, HU_MIN, evaluate_arrays, mae_body, psnr, ssim2d, ssim3d, to_unit
+from .image_metrics import HU_MAX, HU_MIN, evaluate_arrays, mae_body, psnr, psnr_from_mse, ssim2d, ssim3d, to_unit
 
-__all__ = ["HU_MAX", "HU_MIN", "compare_volumes", "evaluate_arrays", "mae_body", "psnr", "ssim2d", "ssim3d",
-           "to_unit"]
+__all__ = ["HU_MAX", "HU_MIN", "compare_volumes", "evaluate_arrays", "mae_body", "psnr", "psnr_from_mse", "ssim2d",
+           "ssim3d", "to_unit"]

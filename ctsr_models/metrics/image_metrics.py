@@ -74,6 +74,17 @@ def _chunks(shape: tuple[int, ...]) -> Iterator[slice]:
         yield slice(start, min(start + step, n))
 
 
+def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
+    """The one PSNR formula: ``10 log10(data_range² / mse)`` in dB (``inf`` when ``mse`` is 0).
+
+    Args:
+        mse: mean squared error, in the squared units of ``data_range``.
+        data_range: peak-to-peak range of the signal (1 for the HU window mapped to [0, 1]).
+    """
+    mse = float(mse)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(data_range * data_range / mse))
+
+
 def psnr(pred_hu: np.ndarray, ref_hu: np.ndarray, lo: float = HU_MIN, hi: float = HU_MAX) -> float:
     """Peak signal-to-noise ratio in dB after mapping ``[lo, hi]`` HU to ``[0, 1]`` (data range 1).
 
@@ -92,8 +103,7 @@ def psnr(pred_hu: np.ndarray, ref_hu: np.ndarray, lo: float = HU_MIN, hi: float 
     for sl in _chunks(pred_hu.shape):
         diff = to_unit(pred_hu[sl], lo, hi) - to_unit(ref_hu[sl], lo, hi)
         sq_sum += float(np.dot(diff.ravel(), diff.ravel()))
-    mse = sq_sum / pred_hu.size
-    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
+    return psnr_from_mse(sq_sum / pred_hu.size)
 
 
 def _check_ssim_extent(shape: tuple[int, ...]) -> None:

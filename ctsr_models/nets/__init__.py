@@ -6,8 +6,10 @@ the losses belong to the tasks in :mod:`ctsr_models.training`. Build one with
 """
 from __future__ import annotations
 
+from .denoise import DenoiseUNet
 from .registry import NETS, build_net, register_net
 from .sr import SRResNet, SRUNet, sr_condition
+from .sr_diffusion import SRDiffusionUNet
 from .xray2ct import XrayToCT
 
-__all__ = ["NETS", "SRResNet", "SRUNet", "XrayToCT", "build_net", "register_net", "sr_condition"]
+__all__ = ["NETS", "DenoiseUNet", "SRDiffusionUNet", "SRResNet", "SRUNet", "XrayToCT", "build_net", "register_net", "sr_condition"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .projector import VolumeGrid
-from .xray_geometry import ProjectionGeometry
+from ctsr_models.io.xray_geometry import ProjectionGeometry
 
 #: grid_sample coordinate given to voxels whose ray never reaches the detector (zero features).
 OUTSIDE = 4.0

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .xray_geometry import ProjectionGeometry
+from ctsr_models.io.xray_geometry import ProjectionGeometry
 
 #: Effective energy of the simulated beam. A 120 kVp chest beam filtered by the patient has a mean
 #: energy of about 60-70 keV; the anchors below are NIST XCOM values at 70 keV.

@@ -260,6 +260,53 @@ def dump_yaml(cfg: Any) -> str:
 
 
 @dataclasses.dataclass
+class ParamGroupConfig:
+    """One optimizer parameter group with its own learning-rate multiplier (``trainer.param_groups[i]``).
+
+    Attributes:
+        match: a parameter-name prefix (``autoencoder`` takes ``autoencoder.*``) or, when it holds ``*``,
+            ``?`` or ``[``, a glob over the full names of ``model.named_parameters()``. The first group
+            that matches a parameter takes it; parameters no group takes form the default group.
+        lr_mult: factor on the scheduled learning rate of these parameters (> 0).
+        weight_decay: AdamW decay of these parameters (``None``: ``trainer.weight_decay``); parameters of
+            rank < 2 (biases, norm scales) get none, as everywhere.
+    """
+
+    match: str
+    lr_mult: float = 1.0
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.match.strip():
+            raise ValueError("match must name a module prefix or a glob, got ''")
+        if not self.lr_mult > 0:
+            raise ValueError(f"lr_mult must be > 0 (freeze modules with trainer.freeze), got {self.lr_mult}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclasses.dataclass
+class FreezeConfig:
+    """Modules kept frozen for the first optimizer steps (``trainer.freeze[i]``).
+
+    Attributes:
+        modules: parameter-name prefixes or globs (as :attr:`ParamGroupConfig.match`) of
+            ``model.named_parameters()``.
+        until_step: the parameters are frozen for optimizer steps ``0 .. until_step - 1`` (bit-identical
+            weights after ``until_step`` steps) and trained from step ``until_step`` on.
+    """
+
+    modules: list[str]
+    until_step: int
+
+    def __post_init__(self) -> None:
+        if not self.modules or not all(m.strip() for m in self.modules):
+            raise ValueError(f"modules must list module names, got {self.modules!r}")
+        if self.until_step < 1:
+            raise ValueError(f"until_step must be >= 1, got {self.until_step}")
+
+
+@dataclasses.dataclass
 class TrainerConfig:
     """What the one trainer does, for any task (the ``trainer:`` section of every config).
 
@@ -291,6 +338,9 @@ class TrainerConfig:
         channels_last: channels-last-3d memory format (faster convolutions on recent GPUs).
         compile: ``torch.compile`` the model (needs a working compiler tool chain).
         tensorboard: write TensorBoard scalars and images to ``tb/``.
+        param_groups: optimizer parameter groups with learning-rate multipliers (first match wins; the
+            rest train at ``lr``); see :class:`ParamGroupConfig`.
+        freeze: modules frozen for the first steps; see :class:`FreezeConfig`.
     """
 
     steps: int = 1000
@@ -317,6 +367,8 @@ class TrainerConfig:
     channels_last: bool = False
     compile: bool = False
     tensorboard: bool = True
+    param_groups: list[ParamGroupConfig] = dataclasses.field(default_factory=list)
+    freeze: list[FreezeConfig] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every"):

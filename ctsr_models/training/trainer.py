@@ -2,8 +2,10 @@
 
 Per optimizer step: ``grad_accum`` micro-batches (DDP gradient sync only on the last, via ``no_sync``),
 autocast in bf16/fp16 when enabled, loss scaling for fp16, unscale before clipping the global gradient
-norm, AdamW, the warm-up + cosine schedule, then the EMA update. Rank 0 alone logs and writes; every
-rank takes part in the collectives (validation sums, RNG states for checkpoints, parameter digests).
+norm, AdamW (in the configured parameter groups), the warm-up + cosine schedule, then the EMA update.
+Before each step the freeze schedule, a pure function of the step, sets which parameters train.
+Rank 0 alone logs and writes; every rank takes part in the collectives (validation sums, RNG states
+for checkpoints, parameter digests).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from ctsr_models.data import StreamSampler
 from . import distributed as dist
 from .checkpoint import CHECKPOINT_FORMAT, numbered_name, prune, rng_state, save_atomic, set_rng_state
 from .distributed import DistInfo
-from .optim import WarmupCosine, amp_dtype, autocast, make_ema, make_optimizer, make_scaler, make_scheduler
+from .optim import (FreezeSchedule, amp_dtype, autocast, make_ema, make_optimizer, make_scaler, make_scheduler,
+                    restore_optimizer)
 from .reporting import Reporter
 from .tasks.base import Task
 from .throughput import flops_per_sample, throughput_report
@@ -125,8 +128,14 @@ class Trainer:
         if cfg.channels_last:
             raw.to(memory_format=torch.channels_last_3d)
         self.raw = raw
+        self.trainable = {name: p.requires_grad for name, p in raw.named_parameters()}
+        self.freeze = FreezeSchedule(raw, cfg.freeze)
+        self.frozen: frozenset[str] | None = None
         self.ema = make_ema(raw, cfg.ema_decay)
-        self.ddp = DistributedDataParallel(raw, device_ids=[self.device] if self.device.type == "cuda" else None) \
+        # DDP registers the parameters trainable now (before any freezing), so unfrozen ones are synchronised
+        # later; while some are frozen their hooks never fire, which find_unused_parameters tolerates.
+        self.ddp = DistributedDataParallel(raw, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                           find_unused_parameters=bool(cfg.freeze)) \
             if self.info.distributed else None
         self.model: nn.Module = self.ddp if self.ddp is not None else raw
         if cfg.compile:
@@ -139,6 +148,7 @@ class Trainer:
         seed_everything(cfg.seed + self.info.rank)
         if state is not None:
             self._restore(state)
+        self._enter_phase()
         in_memory = self.run_dir is None  # nothing reports throughput: skip counting FLOPs
         self.flops = flops_per_sample(raw, self._sample_inputs()) if self.info.is_main and not in_memory else None
         self.reporter = Reporter(self.run_dir, self.info.is_main, cfg.tensorboard and self.run_dir is not None,
@@ -148,11 +158,7 @@ class Trainer:
         cfg = self.cfg
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        groups = len(self.optimizer.param_groups)  # the config wins over the stored schedule (e.g. more steps)
-        self.scheduler.lr_lambdas = [WarmupCosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)] * groups
-        self.scheduler.base_lrs = [cfg.lr] * groups
+        restore_optimizer(self.optimizer, self.scheduler, state, cfg)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.samples = int(state["step"]), int(state["samples"])
         self.train_time = float(state.get("train_time_s", 0.0))
@@ -163,6 +169,21 @@ class Trainer:
                         self.info.world_size)
         set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
         log.info("resumed at step %d (%d samples per rank used)", self.step, self.samples)
+
+    def _enter_phase(self) -> None:
+        """Freeze or unfreeze parameters for the coming step ``self.step`` (a pure function of the step).
+
+        A frozen parameter has ``requires_grad`` off, so it gets no gradient and AdamW skips it: no
+        update, no weight decay, no moments; it stays bitwise equal, and so does its EMA. When it is
+        unfrozen, its AdamW moments and bias correction start from zero, as for a new parameter.
+        """
+        frozen = self.freeze.apply(self.raw, self.step, self.trainable)
+        if self.frozen is not None and frozen != self.frozen:
+            log.info("step %d: %d parameter tensors frozen, %d unfrozen (AdamW moments start at zero)", self.step,
+                     len(frozen - self.frozen), len(self.frozen - frozen))
+        elif self.frozen is None and frozen:
+            log.info("step %d: %d parameter tensors frozen", self.step, len(frozen))
+        self.frozen = frozen
 
     def _sample_inputs(self) -> tuple[Any, ...]:
         batch = self._to_device(default_collate([self.train_ds[0]]))
@@ -245,6 +266,7 @@ class Trainer:
         self.raw.train()
         with self.reporter.session():
             while self.step < end and not control.out_of_time():
+                self._enter_phase()
                 loss, grad_norm = self._train_step(batches)
                 self.step, self.samples, pending = self.step + 1, self.samples + per_step, pending + per_step
                 if first:

@@ -9,12 +9,22 @@
    bare 500s in MONAI Label), removes the uploaded files when a request fails (MONAI Label's
    clean-up runs only after a successful response), refuses server paths as ``image`` (MONAI Label
    would read any file on the server), and moves a client's ``model`` parameter out of the way of
-   MONAI Label's task name (:func:`~lib.params.protect_reserved`).
+   MONAI Label's task name (:func:`~lib.params.protect_reserved`). A ``label`` upload named
+   ``*.bin`` (which MONAI Label would convert as OHIF scribbles before any check, reading the
+   working directory as DICOM) and ``output=dicom_seg`` (DICOMweb datastores only) answer 400.
    With ``output=image`` the result file streams back as it is, and the result JSON (geometry,
    timings, notes) comes along in the ``X-CTSR-Result`` header, so a client needs neither the
    multipart answer of ``output=all`` (built in memory) nor a second request.
-2. ``GET /health`` answers ``{"status": "ok", ...}`` without touching the datastore or any model.
-3. MONAI Label's loggers that write request contents and file names at INFO (``Infer Request:
+2. ``GET /ctsr/result/{result_id}/uncertainty`` hands out, once, the uncertainty volume a diffusion
+   inference kept under that id (:mod:`lib.output`; the id is 32 hex characters, 400 otherwise; 404 when
+   unknown, expired or already fetched); the file is removed after it is sent.
+3. ``GET /health`` answers ``{"status": "ok", ...}`` without touching the datastore or any model.
+4. :mod:`lib.security` goes in front of everything (route policy, id checks, read-only datastore,
+   CORS without wildcard, bearer token, size limits), in place of MONAI Label's CORS middleware,
+   which echoes any origin with credentials. MONAI Label's datastore handlers (served only with
+   ``--conf datastore_writable true``) answer an unknown image or label id and a form field that is
+   not JSON with 500; handlers for those exceptions answer 404 and 400.
+5. MONAI Label's loggers that write request contents and file names at INFO (``Infer Request:
    {...}``, ``Adding New Image: <id> => <file>``, session uploads) are raised to WARNING, since file
    names and datastore ids may name patients; ``--conf log_file_names true`` keeps them.
 """
@@ -30,19 +40,24 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.middleware import Middleware
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.infer import ResultType, run_inference
 from monailabel.endpoints.user.auth import RBAC, User
-from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.exception import (ImageNotFoundException, LabelNotFoundException, MONAILabelError,
+                                             MONAILabelException)
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import remove_file
 
 from ctsr_models.io.errors import InputError
 
 from .errors import NotFoundError, to_http
+from .output import UNCERTAINTY_PATH, take_uncertainty
 from .params import protect_reserved
+from .security import ROUTES, Refusal, RoutePolicy, SecurityConfig, SecurityMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +134,11 @@ def infer_endpoint(
         if image and (os.path.isabs(image) or os.sep in image or image.startswith(".")):
             raise InputError("image must be the id of a datastore image (GET /datastore/ lists them), not a path; "
                              "upload a file as the form field 'file' instead")
+        if output == ResultType.dicom_seg:
+            raise InputError("output=dicom_seg needs a DICOMweb datastore; use output=image, json or all")
+        if label is not None and (label.filename or "").lower().endswith(".bin"):
+            raise InputError("label must be an image file (NIfTI, NRRD, MHA, DICOM, PNG...); "
+                             "OHIF scribbles (.bin) are not supported")
         if session_id and not (file or image) and _session_missing(session_id):
             raise NotFoundError(f"session {session_id!r} is unknown or has expired; create one with PUT /session/")
         request_params = json.dumps(protect_reserved(_json_object(params)))
@@ -133,6 +153,23 @@ def infer_endpoint(
             if task.func is remove_file:
                 task.func(*task.args, **task.kwargs)
         raise _as_http(exc, model) from exc
+
+
+def uncertainty_endpoint(
+    result_id: str,
+    background_tasks: BackgroundTasks,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+) -> Any:
+    """``GET /ctsr/result/{result_id}/uncertainty``: the kept uncertainty volume (float32 HU), once."""
+    try:
+        path = take_uncertainty(result_id)
+    except ValueError as exc:
+        raise HTTPException(400, f"bad result id: {exc}") from None
+    if path is None:
+        raise to_http(NotFoundError("no uncertainty is kept under this result id: it was fetched already, has "
+                                    "expired, or never existed; run the inference again"), "uncertainty")
+    background_tasks.add_task(path.unlink, missing_ok=True)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"uncertainty_{result_id}.nrrd")
 
 
 def _session_missing(session_id: str) -> bool:
@@ -159,8 +196,9 @@ def _as_http(exc: BaseException, task: str) -> HTTPException:
     return to_http(exc, task)
 
 
-def install(health: Callable[[], dict[str, Any]]) -> bool:
-    """Put :func:`infer_endpoint` and ``/health`` in front of MONAI Label's routes (idempotent).
+def install(health: Callable[[], dict[str, Any]], security: SecurityConfig) -> bool:
+    """Put :func:`infer_endpoint` and ``/health`` in front of MONAI Label's routes and
+    :class:`~lib.security.SecurityMiddleware` in front of everything (idempotent).
 
     The new routes are inserted at the top of the app's route list, which Starlette and every
     FastAPI version search in order, so MONAI Label's own ``POST /infer/{model}`` is shadowed
@@ -168,14 +206,15 @@ def install(health: Callable[[], dict[str, Any]]) -> bool:
 
     Args:
         health: returns the ``/health`` answer.
+        security: the security settings.
 
     Returns:
         Whether the routes were installed (False when MONAI Label's FastAPI app is not the one served).
     """
     module = sys.modules.get("monailabel.app")
     if module is None:
-        log.warning("MONAI Label's FastAPI app is not loaded (a custom --uvicorn_app?): an inference will block "
-                    "other requests")
+        log.error("MONAI Label's FastAPI app is not loaded (a custom --uvicorn_app?): an inference will block "
+                  "other requests, and that app must apply lib.security.SecurityMiddleware itself")
         return False
 
     async def health_endpoint() -> dict[str, Any]:
@@ -186,9 +225,49 @@ def install(health: Callable[[], dict[str, Any]]) -> bool:
     routes[:] = [r for r in routes if not getattr(getattr(r, "endpoint", None), "ctsr_route", False)]
     prefix = settings.MONAI_LABEL_API_STR
     routes[0:0] = [_route(prefix + INFER_PATH, infer_endpoint, "POST", "Run inference (off the event loop)"),
-                   _route(prefix + HEALTH_PATH, health_endpoint, "GET", "Health check")]
+                   _route(prefix + HEALTH_PATH, health_endpoint, "GET", "Health check"),
+                   _route(prefix + UNCERTAINTY_PATH, uncertainty_endpoint, "GET",
+                          "Fetch the uncertainty of a diffusion result once")]
     module.app.openapi_schema = None
+    _install_middleware(module.app, security, prefix)
     return True
+
+
+def _install_middleware(app: Any, security: SecurityConfig, prefix: str) -> None:
+    """Replace MONAI Label's CORS middleware by ours and :class:`SecurityMiddleware` (inside it, so that
+    an allowed page can read a refusal). The app's lifespan is already running when the MONAI Label
+    app is created, so the middleware stack is rebuilt in place; requests after this see the new one."""
+    kept = [m for m in app.user_middleware if m.cls not in (CORSMiddleware, SecurityMiddleware)]
+    cors = Middleware(CORSMiddleware, allow_origins=list(security.cors_origins), allow_credentials=False,
+                      allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE"],
+                      allow_headers=["Authorization", "Content-Type"], expose_headers=[RESULT_HEADER])
+    app.user_middleware[:] = [cors, Middleware(SecurityMiddleware, config=security, prefix=prefix), *kept]
+    for kind, status in ((ImageNotFoundException, 404), (LabelNotFoundException, 404), (json.JSONDecodeError, 400)):
+        app.add_exception_handler(kind, _answer_with(status))
+    if app.middleware_stack is not None:
+        app.middleware_stack = app.build_middleware_stack()
+    policy = RoutePolicy(ROUTES, prefix)
+    for route in app.routes:
+        for method in sorted(getattr(route, "methods", None) or ()):
+            try:
+                policy.match(method, route.path)
+            except Refusal:
+                log.warning("route %s %s is not in the security policy table: refused", method, route.path)
+    log.info("security: datastore %s, %d CORS origin(s), API token %s, uploads up to %d bytes",
+             "writable" if security.datastore_writable else "read-only", len(security.cors_origins),
+             "required" if security.api_token else "off", security.max_upload_bytes)
+
+
+def _answer_with(status: int) -> Callable[[Any, Exception], JSONResponse]:
+    """An exception handler for MONAI Label's own routes (the writable datastore's): a client's
+    unknown id or malformed JSON form field is a 4xx, not the 500 MONAI Label answers."""
+
+    def handler(request: Any, exc: Exception) -> JSONResponse:
+        what = "is not valid JSON" if isinstance(exc, json.JSONDecodeError) else "names no image or label here"
+        log.info("%s refused with %d (%s)", request.method, status, type(exc).__name__)
+        return JSONResponse({"detail": f"a parameter or form field {what}"}, status_code=status)
+
+    return handler
 
 
 def _route(path: str, endpoint: Callable[..., Any], method: str, summary: str) -> APIRoute:

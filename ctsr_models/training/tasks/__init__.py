@@ -1,15 +1,18 @@
 """Task definitions, chosen by name: ``get_task("sr")``. Each task is a small :class:`Task` subclass
-(``sr``: through-plane SR training; ``sr_adapt``: fine-tuning a shipped SR model on one scan;
-``xray2ct``: biplanar X-ray to CT)."""
+(``sr``: through-plane SR training; ``sr_diffusion``: diffusion SR on the same pairs; ``sr_adapt``:
+fine-tuning a shipped SR model on one scan; ``denoise``: low-dose CT denoising; ``xray2ct``: biplanar X-ray to CT)."""
 from __future__ import annotations
 
 from ..config import ConfigError
 from .base import Task
+from .denoise import DenoiseConfig, DenoiseTask
 from .sr import SRConfig, SRTask
 from .sr_adapt import SRAdaptConfig, SRAdaptTask
+from .sr_diffusion import SRDiffusionConfig, SRDiffusionTask
 from .xray2ct import Xray2CTConfig, XrayToCTTask
 
-TASKS: dict[str, type[Task]] = {SRTask.name: SRTask, SRAdaptTask.name: SRAdaptTask,
+TASKS: dict[str, type[Task]] = {SRTask.name: SRTask, DenoiseTask.name: DenoiseTask, SRAdaptTask.name: SRAdaptTask,
+                                SRDiffusionTask.name: SRDiffusionTask,
                                 XrayToCTTask.name: XrayToCTTask}
 
 
@@ -24,5 +27,5 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "SRAdaptConfig", "SRAdaptTask", "SRConfig", "SRTask", "Task", "Xray2CTConfig", "XrayToCTTask",
-           "get_task"]
+__all__ = ["TASKS", "DenoiseConfig", "DenoiseTask", "SRAdaptConfig", "SRAdaptTask", "SRConfig", "SRDiffusionConfig", "SRDiffusionTask", "SRTask", "Task",
+           "Xray2CTConfig", "XrayToCTTask", "get_task"]

@@ -1,6 +1,7 @@
 """The through-plane super-resolution task: thick-slice inputs simulated on the fly, a residual 3D
 network, a masked L1 (or MSE) loss, and validation with :mod:`ctsr_models.metrics` beside the linear
-interpolation baseline.
+interpolation baseline. Validation predicts through the same regression predictor users get
+(:class:`~ctsr_models.inference.RegressionPredictor`, one window per sample).
 
 Intensities: the network works on ``clip(HU, -1024, 3071) / 1000`` (:mod:`ctsr_models.data.intensity`);
 predictions are turned back into HU (``* 1000``) before scoring.
@@ -21,6 +22,7 @@ from ctsr_models.data import (
     DegradationRanges, SRTrainDataset, SRValDataset, ThinGrid, VolumeCache, VolumeEntry, VolumeSource, find_volumes,
     matched_paths, net_to_hu, z_range_of,
 )
+from ctsr_models.inference import RegressionPredictor
 from ctsr_models.metrics import evaluate_arrays
 from ctsr_models.nets import build_net
 
@@ -200,8 +202,9 @@ class SRTask(Task):
 
     @torch.no_grad()
     def _predict_hu(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        pred = model(batch["input"], batch["ratios"])
-        return net_to_hu(pred.float()[:, 0].cpu().numpy())
+        predictor = RegressionPredictor(self.name, model, batch["input"].device)
+        pred = predictor.forward(batch["input"], batch["ratios"])
+        return net_to_hu(pred[:, 0].cpu().numpy())
 
     def _val_arrays(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, ...]:
         """``(prediction, input, truth)`` of a validation batch, each ``(B, D, H, W)`` HU."""

@@ -3,11 +3,11 @@
 The scan's axial planes, degraded along x or y with the scan's own slab thickness, spacing and profile
 (:mod:`ctsr_models.data.inplane`), are the training pairs; a band of slices in the middle of the stack
 is held out for validation (early stopping and the no-worse guard of
-:mod:`ctsr_models.inference.adapt`). The network starts from the shipped weights (SHA-256 checked) and
+:mod:`ctsr_models.training.adapt`). The network starts from the shipped weights (SHA-256 checked) and
 the loss is the SR task's masked L1, so this is :class:`~ctsr_models.training.tasks.sr.SRTask` with
 another data source.
 
-It runs in one process, in memory (``ctsr_models.inference.adapt``), or as ``python -m train sr_adapt
+It runs in one process, in memory (:mod:`ctsr_models.training.adapt`), or as ``python -m train sr_adapt
 --config CONFIG`` with ``scan:`` naming the file (a run folder like any other task).
 """
 from __future__ import annotations
@@ -26,6 +26,9 @@ from ctsr_models.data import Degradation, ThinGrid
 from ctsr_models.data.inplane import (
     InplaneHeldOut, body_crop, estimate_profile, inplane_train_dataset, memory_volume, scan_entries, split_slices,
 )
+from ctsr_models.inference import EnhanceOptions, enhance, load_network, resolve_model, through_plane_grid
+from ctsr_models.inference.enhance import slab_thickness
+from ctsr_models.inference.predictor import resampled_input
 from ctsr_models.io import read_volume
 from ctsr_models.io.errors import InputError
 from ctsr_models.io.volume import Volume
@@ -119,9 +122,6 @@ def thin_z_volume(volume: Volume, target_spacing: float, thickness: float, pairs
     Returns:
         ``(thin, scale)``: the volume on the output grid and its slices per input slab.
     """
-    from ctsr_models.inference.enhance import EnhanceOptions, enhance, resampled_input
-    from ctsr_models.inference.grid import through_plane_grid
-
     grid = through_plane_grid(volume, target_spacing)
     if pairs_from == "pretrained":
         thin = enhance(volume, EnhanceOptions(target_spacing=target_spacing, model=model, input_thickness=thickness,
@@ -151,17 +151,13 @@ class SRAdaptTask(SRTask):
 
     def check(self) -> None:
         """A scan is given and the model is a shipped network."""
-        from ctsr_models.inference.models import resolve_model
-
         if self.volume is None and self.cfg.scan is None:
             raise ConfigError("scan: give the thick-slice scan to adapt to")
-        if isinstance(resolve_model(self.cfg.model), str):
+        if not resolve_model(self.cfg.model).has_network:
             raise InputError(f"model {self.cfg.model!r} is an interpolation; adaptation needs a network model")
 
     def prepare(self) -> None:
         """Read the scan (if not given), fix its degradation and split its slices."""
-        from ctsr_models.inference.enhance import slab_thickness
-
         if self.volume is None:
             self.volume = read_volume(self.cfg.scan)
         vol = self.volume
@@ -194,8 +190,6 @@ class SRAdaptTask(SRTask):
 
     def build_model(self) -> nn.Module:
         """The shipped network with its checked weights (a fresh copy; the file is only read)."""
-        from ctsr_models.inference.models import load_network, resolve_model
-
         return load_network(resolve_model(self.cfg.model), torch.device("cpu")).train()
 
     def train_dataset(self, rank: int) -> torch.utils.data.Dataset:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctsr_models.data import VolumeCache, VolumeSource, find_volumes, matched_paths
+from ctsr_models.data.anatomy_augment import AnatomyAug
 from ctsr_models.data.lidc_h5 import LidcCase, LidcConfig, read_split
 from ctsr_models.data.xray_pairs import (
     CLEAN_HU, CachedCT, ContrastAug, PairSettings, PoseJitter, XrayPairDataset, XraySetup, body_centre, ct_net_to_hu,
@@ -107,6 +108,7 @@ class Xray2CTConfig:
     setup: XraySetup = field(default_factory=XraySetup)
     jitter: PoseJitter | None = field(default_factory=PoseJitter)
     contrast: ContrastAug | None = field(default_factory=ContrastAug)
+    anatomy: AnatomyAug | None = None
     model: NetConfig = field(default_factory=lambda: NetConfig(name="xray2ct"))
     loss: XrayLossConfig = field(default_factory=XrayLossConfig)
     lidc_h5: LidcConfig = field(default_factory=LidcConfig)
@@ -253,7 +255,7 @@ class XrayToCTTask(Task):
         lifting = build_net(cfg.model.name, **self._model_kwargs()).lifting_size
         return PairSettings(cfg.setup, lifting, cfg.loss.proj_px, cfg.loss.step_mm or cfg.setup.spacing,
                             cfg.jitter if train else None, cfg.contrast if train else None,
-                            cfg.data.centre_jitter_mm, cfg.data.scale_range)
+                            cfg.data.centre_jitter_mm, cfg.data.scale_range, cfg.anatomy if train else None)
 
     def build_model(self) -> nn.Module:
         return build_net(self.cfg.model.name, **self._model_kwargs())

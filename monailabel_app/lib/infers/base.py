@@ -13,6 +13,8 @@ A subclass declares:
       :attr:`InputSpec.session_name`.
     * ``params``: :class:`~lib.params.Param` declarations (validated, and shown in ``/info/``).
     * :meth:`VolumeInferTask.run`: volumes in, volume out.
+    * :meth:`VolumeInferTask.derivation`: how its result is described when stored in the PACS
+      (``store: true`` or ``--conf store_results true``, :mod:`~lib.pacs`).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from ctsr_models.io import Volume, read_volume
 
 from ..errors import NotFoundError, to_http
 from ..output import DEFAULT_EXTENSION, RESULT_EXTENSIONS, result_format, write_result
+from ..pacs import Derivation, PacsTarget, store_volume, wants_store
 from ..params import Param, parse_params, unknown_keys
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ class VolumeInferTask(InferTask):
 
     inputs: tuple[InputSpec, ...] = (InputSpec("image", "the volume to process"),)
     default_extension: str = DEFAULT_EXTENSION
+    pacs: PacsTarget | None = None
+    """The PACS the server serves (set by the app); results go there on request."""
 
     def __init__(self, name: str, description: str, params: Sequence[Param]) -> None:
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3, description=description,
@@ -101,6 +106,14 @@ class VolumeInferTask(InferTask):
         """Read one input; the default reads a CT volume with :func:`ctsr_models.io.read_volume`."""
         return read_volume(path)
 
+    def derivation(self, volumes: Mapping[str, Any], params: Mapping[str, Any],
+                   result: Volume) -> tuple[Derivation, bool]:
+        """How a stored result was made, and whether it keeps the source's frame of reference.
+
+        The default names the task and says the result is AI-generated, in a new frame of reference.
+        """
+        return Derivation(method=f"AI-generated ({self.name})", model=str(params.get("model"))), False
+
     def describe_input(self, value: Any) -> dict[str, Any]:
         """The input's entry in the result JSON (geometry, no patient data)."""
         return value.geometry_dict()
@@ -114,8 +127,11 @@ class VolumeInferTask(InferTask):
             extension, dtype, notes = result_format(request, self.default_extension)
             paths = self.input_paths(request)
             volumes = {key: self.read_input(key, path, params) for key, path in paths.items()}
+            store = wants_store(self.pacs, bool(params.get("store")), getattr(volumes["image"], "meta", {}))
             read_done = time.perf_counter()
             result, details = self.run(volumes, params)
+            if store:  # before the result file, which a failure here would leave behind
+                details["pacs"] = store_volume(self.pacs, result, *self.derivation(volumes, params, result))
             run_done = time.perf_counter()
             out = write_result(result, extension, dtype)
         except Exception as exc:

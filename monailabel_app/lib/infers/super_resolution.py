@@ -7,9 +7,14 @@ for the same input and options. The output grid (spacing, origin, direction) is 
 :mod:`ctsr_models.inference.grid` defines; nothing is resampled back onto the input grid.
 
 With ``adapt: true`` the network is first fine-tuned on the scan's own in-plane detail
-(:mod:`ctsr_models.inference.adapt`, budget ``adapt_seconds`` / ``adapt_steps``); its progress is
+(:mod:`ctsr_models.training.adapt`, budget ``adapt_seconds`` / ``adapt_steps``); its progress is
 logged while it runs, and the result JSON carries ``adaptation`` (held-out scores, steps, time, and
 whether the adapted or the pretrained model was used).
+
+With a diffusion model (``model: "diffusion"`` or its name; ``steps``, ``samples``, ``seed``) the result is
+the mean of the samples and the result JSON carries ``diffusion`` (the AI-generated-detail label, steps,
+samples, seed, calibration) and ``uncertainty``: the id under which the calibrated standard deviation of the
+same inference is kept, fetchable once at ``GET /ctsr/result/{id}/uncertainty`` (:mod:`lib.output`).
 """
 from __future__ import annotations
 
@@ -19,15 +24,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ctsr_models.inference import (
-    DEVICES, AdaptOptions, EnhanceOptions, available_models, enhance_detailed, read_manifest,
-)
-from ctsr_models.inference.adapt import MAX_SECONDS, MAX_STEPS, PROFILES
+from ctsr_models.inference import DEVICES, EnhanceOptions, available_models, enhance_detailed, read_manifest
 from ctsr_models.inference.enhance import MAX_OUTPUT_VOXELS
 from ctsr_models.inference.grid import through_plane_grid
+from ctsr_models.inference.models import INTERPOLATION_DESCRIPTIONS
 from ctsr_models.io import InputError, Volume, read_volume
+from ctsr_models.training.adapt import MAX_SECONDS, MAX_STEPS, PROFILES, AdaptOptions, enhance_adapted
+
+from ctsr_models.inference.models import MAX_DIFFUSION_SAMPLES, MAX_DIFFUSION_STEPS, ModelKind, resolve_model
 
 from ..errors import NotFoundError, ParamError, TooLargeError
+from ..output import UNCERTAINTY_PATH, UNCERTAINTY_TTL_S, keep_uncertainty
+from ..pacs import STORE_PARAM, Derivation, enhanced_derivation
 from ..params import Param
 from .base import InputSpec, VolumeInferTask
 
@@ -35,8 +43,7 @@ log = logging.getLogger(__name__)
 
 NAME = "ct_super_resolution"
 FALLBACK_MODEL = "cubic"
-BASELINES = {"linear": "linear interpolation (baseline)", "cubic": "cubic B-spline interpolation (baseline)",
-             "lanczos": "Lanczos windowed-sinc interpolation (baseline)"}
+BASELINES = INTERPOLATION_DESCRIPTIONS
 
 
 def default_model(models: list[str]) -> str:
@@ -62,7 +69,41 @@ ADAPT_PARAMS = (
     Param("adapt_profile", str, AdaptOptions.profile, "slice profile of the input for adaptation (auto: estimated)",
           choices=PROFILES),
 )
-"""Per-scan adaptation (:mod:`ctsr_models.inference.adapt`)."""
+"""Per-scan adaptation (:mod:`ctsr_models.training.adapt`)."""
+
+DIFFUSION_PARAMS = (
+    Param("steps", int, None, "diffusion models only: sampling steps (default: the model's)", greater_than=0,
+          at_most=MAX_DIFFUSION_STEPS),
+    Param("samples", int, None, "diffusion models only: samples K; the result is their mean and the uncertainty "
+          "their calibrated standard deviation (default: the model's)", greater_than=0, at_most=MAX_DIFFUSION_SAMPLES),
+    Param("seed", int, None, "diffusion models only: random seed (default 0)", greater_than=-1, at_most=2**31 - 1),
+)
+"""Sampling of a diffusion model (refused with 422 for the other models)."""
+
+
+def refuse_diffusion_params(params: Mapping[str, Any]) -> None:
+    """Refuse ``steps``, ``samples`` or ``seed`` for a model that is not a diffusion model.
+
+    Raises:
+        ParamError: one of them given with another kind of model.
+    """
+    given = [p.name for p in DIFFUSION_PARAMS if params.get(p.name) is not None]
+    if not given:
+        return
+    if params["model"] in BASELINES or resolve_model(params["model"]).kind is not ModelKind.DIFFUSION:
+        raise ParamError(f"{given[0]} applies to diffusion models only, not to {params['model']!r}")
+
+
+def diffusion_details(details: dict[str, Any]) -> dict[str, Any]:
+    """A diffusion result's entries in the result JSON; its uncertainty volume is kept server-side."""
+    if "uncertainty" not in details:
+        return {}
+    result_id = keep_uncertainty(details.pop("uncertainty"))
+    return {"diffusion": details["diffusion"], "ai_generated": True,
+            "uncertainty": {"result_id": result_id, "url": UNCERTAINTY_PATH.format(result_id=result_id),
+                            "unit": "HU", "dtype": "float32",
+                            "what": "calibrated per-voxel standard deviation of the samples, same grid",
+                            "fetch": f"once, within {UNCERTAINTY_TTL_S:.0f} s"}}
 
 
 def adapt_options(params: Mapping[str, Any]) -> AdaptOptions | None:
@@ -116,11 +157,18 @@ class CTSuperResolution(VolumeInferTask):
                   choices=DEVICES),
             Param("input_thickness", float, None, "slab thickness of the input in mm (default: from the header, "
                   "else the slice spacing)", greater_than=0.0),
+            Param("input_profile", str, "rect", "slab profile shape of that thickness", choices=("rect", "gaussian")),
+            Param("estimate_profile", bool, False, "without input_thickness, estimate the slab profile from the "
+                  "scan itself and use it when the estimate is confident"),
+            Param("consistency", bool, True, "project a network's result onto the volumes that reproduce the "
+                  "acquired slabs (the residual is reported either way)"),
             Param("series_uid", str, None, "SeriesInstanceUID to read when a DICOM ZIP holds several series"),
             Param("resample_irregular", bool, False, "resample a tilted or irregularly spaced DICOM series onto a "
                   "regular grid (otherwise it is refused)"),
             Param("allow_non_ct", bool, False, "accept images that do not look like CT in HU"),
             *ADAPT_PARAMS,
+            *DIFFUSION_PARAMS,
+            STORE_PARAM,
         )
         super().__init__(NAME, "CT through-plane super-resolution: thick slices in, thin slices out (int16 HU)",
                          params)
@@ -140,12 +188,25 @@ class CTSuperResolution(VolumeInferTask):
         """Enhance the image to ``target_spacing`` with ``model`` on ``device``."""
         volume = volumes["image"]
         self.check_output_size(volume, params["target_spacing"])
+        refuse_diffusion_params(params)
         options = EnhanceOptions(target_spacing=params["target_spacing"], model=params["model"],
-                                 input_thickness=params["input_thickness"], device=params["device"],
-                                 adapt=adapt_options(params))
-        result, details = enhance_detailed(volume, options, ProgressLog(NAME) if options.adapt else None)
-        extra = {} if details["adaptation"] is None else {"adaptation": details["adaptation"]}
-        return result, {"model": params["model"], **extra}
+                                 input_thickness=params["input_thickness"], input_profile=params["input_profile"],
+                                 estimate_profile=params["estimate_profile"], consistency=params["consistency"],
+                                 device=params["device"], steps=params["steps"], samples=params["samples"],
+                                 seed=params["seed"])
+        adapt = adapt_options(params)
+        if adapt is None:
+            result, details = enhance_detailed(volume, options)
+            return result, {"model": params["model"], "data_consistency": details["data_consistency"],
+                            **diffusion_details(details)}
+        result, details = enhance_adapted(volume, options, adapt, ProgressLog(NAME))
+        return result, {"model": params["model"], "adaptation": details["adaptation"],
+                        "data_consistency": details["data_consistency"]}
+
+    def derivation(self, volumes: Mapping[str, Any], params: Mapping[str, Any],
+                   result: Volume) -> tuple[Derivation, bool]:
+        """A stored result: ``AI-enhanced`` (a network) or ``Interpolated``, with model and spacing; same frame."""
+        return enhanced_derivation(params["model"], params["target_spacing"]), True
 
     def check_output_size(self, volume: Volume, target_spacing: float) -> None:
         """Refuse a target the input cannot take (422) or an output over the server's limit (413)."""

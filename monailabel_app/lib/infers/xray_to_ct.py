@@ -18,10 +18,12 @@ from typing import Any
 from ctsr_models.inference import DEVICES
 from ctsr_models.inference.models import available_models
 from ctsr_models.inference.xray2ct import TASK, XrayOptions, reconstruct
+from ctsr_models.inference.xray_pair_check import PairError
 from ctsr_models.io import Volume
 from ctsr_models.io.radiograph import Radiograph, read_radiograph
 
-from ..errors import NotFoundError
+from ..errors import NotFoundError, ParamError
+from ..pacs import STORE_PARAM, Derivation, xray_derivation
 from ..params import Param
 from .base import InputSpec, VolumeInferTask
 
@@ -56,6 +58,7 @@ class XrayToCT(VolumeInferTask):
                   greater_than=0.0),
             Param("pixel_mm", float, None, "detector pixel size (mm) when the files do not say",
                   greater_than=0.0),
+            STORE_PARAM,
         )
         super().__init__(NAME, "Frontal + lateral X-ray to a 3D CT estimate (int16 HU), with a re-projection "
                          "check against the X-rays", params)
@@ -80,9 +83,18 @@ class XrayToCT(VolumeInferTask):
         return {"size": list(value.image.shape[::-1]), "kind": value.kind, "geometry": value.geometry.to_dict(),
                 "findings": list(value.findings)}
 
+    def derivation(self, volumes: Mapping[str, Any], params: Mapping[str, Any],
+                   result: Volume) -> tuple[Derivation, bool]:
+        """A stored result: an AI estimate from the X-rays (referencing both), in a new frame of reference."""
+        sources = [volumes[key].meta for key in ("image", "label")]
+        return xray_derivation(params["model"], result.spacing[2], sources), False
+
     def run(self, volumes: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[Volume, dict[str, Any]]:
         """Reconstruct from the pair with the chosen model and refinement."""
         options = XrayOptions(model=params["model"], device=params["device"], refine_steps=params["refine_steps"])
-        result = reconstruct(volumes["image"], volumes["label"], options)
+        try:
+            result = reconstruct(volumes["image"], volumes["label"], options)
+        except PairError as exc:  # an impossible pair is a request the server cannot answer: 422
+            raise ParamError(str(exc)) from exc
         return result.volume, {"model": params["model"], "projection_consistency_db": result.consistency,
                                "network_timings_s": result.timings_s}

@@ -12,7 +12,12 @@ Modules:
     * :mod:`~CTEnhanceLib.errors`: every failure as one sentence a user can act on.
     * :mod:`~CTEnhanceLib.cli`: the terminal command (``python -m CTEnhanceLib.client``).
     * :mod:`~CTEnhanceLib.tasks`: which of the server's tasks return an image, and their parameters.
-    * :mod:`~CTEnhanceLib.jobs`: run a client call off the GUI thread and poll its progress.
+    * :mod:`~CTEnhanceLib.process`: the client as a child process (command, progress lines, outcome) and
+      the Enhance button's state machine.
+    * :mod:`~CTEnhanceLib.jobs`: run a client call on a thread and poll its progress (scripts; not inside
+      Slicer, whose GUI thread starves Python threads).
+    * :mod:`~CTEnhanceLib.derived`: the tags of a result saved as a derived DICOM series.
+    * :mod:`~CTEnhanceLib.stubserver`: a stand-in server with the real one's API, for the self-test.
     * :mod:`~CTEnhanceLib.layout`: the 2x3 comparison layout and which volume each view shows.
     * :mod:`~CTEnhanceLib.geometry`: the output grid the server's super-resolution produces.
 """

@@ -17,6 +17,11 @@ given to a call stops it from any other thread: it is checked between upload and
 and it shuts the connection's socket down, which also ends a wait for the answer at once. The
 server is not told; it finishes the job and its result is discarded.
 
+A server started with an API token (``--conf api_token_file``, ``docs/server.md``) answers 401 to
+every request without it: give the token as ``Client(url, token=...)`` and it is sent as
+``Authorization: Bearer <token>`` on every request (never in a URL, never logged). Over plain
+``http://`` to another machine the token travels readable: use ``https://`` (a TLS proxy) there.
+
 HTTPS certificates are checked by default (the system's CA certificates, plus ``certifi``'s when
 installed); ``verify`` may name a CA bundle file instead, or be ``False`` (logged as a warning).
 Every failure is raised as a :class:`ClientError` whose message is one sentence saying what
@@ -57,6 +62,8 @@ __all__ = ["Cancel", "Cancelled", "Client", "ClientError", "ConnectionFailed", "
 log = logging.getLogger(__name__)
 
 INFO_READ_TIMEOUT_S = 30.0
+TOKEN_ENV = "CTENHANCE_API_TOKEN"
+"""Environment variable the terminal client (and the server) read the API token from."""
 
 
 @dataclass(frozen=True)
@@ -197,15 +204,24 @@ class Client:
         server_url: e.g. ``http://127.0.0.1:8000`` (a path prefix is kept, for servers behind a proxy).
         timeouts: connect and read timeouts.
         verify: HTTPS certificate checking (see :func:`ssl_context`).
+        token: the server's API token, sent as ``Authorization: Bearer <token>`` on every request;
+            None (or empty) for a server without one. Example::
+
+                Client("https://ct-enhance.hospital.example", token=Path("token.txt").read_text().strip())
 
     Raises:
-        ClientError: the URL is not valid.
+        ClientError: the URL or the token is not valid.
     """
 
-    def __init__(self, server_url: str, timeouts: Timeouts | None = None, verify: bool | PathLike = True) -> None:
+    def __init__(self, server_url: str, timeouts: Timeouts | None = None, verify: bool | PathLike = True,
+                 token: str | None = None) -> None:
         self.address = parse_server_url(server_url)
         self.timeouts = timeouts or Timeouts()
         self._ssl = ssl_context(verify) if self.address.scheme == "https" else None
+        self._authorization = _authorization(token)
+        if self._authorization and self.address.scheme == "http" and not _is_loopback(self.address.host):
+            log.warning("The API token goes unencrypted to %s over http://; use https:// beyond this machine.",
+                        self.address.host)
 
     @property
     def url(self) -> str:
@@ -283,10 +299,14 @@ class Client:
         return InferResult(output, task, sink.size, time.monotonic() - start, sink.server_filename, sink.details)
 
     def _connection(self) -> http.client.HTTPConnection:
+        connection: _HTTPConnection | _HTTPSConnection
         if self._ssl is not None:
-            return http.client.HTTPSConnection(self.address.host, self.address.port, timeout=self.timeouts.connect,
-                                               context=self._ssl)
-        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=self.timeouts.connect)
+            connection = _HTTPSConnection(self.address.host, self.address.port, timeout=self.timeouts.connect,
+                                          context=self._ssl)
+        else:
+            connection = _HTTPConnection(self.address.host, self.address.port, timeout=self.timeouts.connect)
+        connection.authorization = self._authorization
+        return connection
 
     def _request(self, method: str, target: str, cancel: Cancel, report: Reporter, body: Body | None = None,
                  sink: Download | None = None, read_timeout: float | None = None) -> bytes:
@@ -349,6 +369,35 @@ class Client:
                                     "its port, and http:// versus https://.")
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         return ConnectionFailed(f"Network error during the {stage.value} with {url}: {reason}.")
+
+
+class _TokenHeader:
+    """Adds ``authorization`` (when set) to the headers of every request sent on the connection."""
+
+    authorization: str | None = None
+
+    def endheaders(self, *args: Any, **kwargs: Any) -> None:
+        if self.authorization:
+            self.putheader("Authorization", self.authorization)  # type: ignore[attr-defined]
+        super().endheaders(*args, **kwargs)  # type: ignore[misc]
+
+
+class _HTTPConnection(_TokenHeader, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_TokenHeader, http.client.HTTPSConnection):
+    pass
+
+
+def _authorization(token: str | None) -> str | None:
+    """The ``Authorization`` header value for ``token`` (None: no header)."""
+    token = (token or "").strip()
+    if not token:
+        return None
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in token) or not token.isascii():
+        raise ClientError("The API token must be one word of printable ASCII characters; check the token file.")
+    return f"Bearer {token}"
 
 
 def _timeout_error(url: str, stage: Stage, connect_s: float, read_s: float) -> TimedOut:

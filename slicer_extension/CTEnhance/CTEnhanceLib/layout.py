@@ -1,9 +1,12 @@
 """The comparison layout, decided without Slicer: a 2x3 grid of slice views, original on top, enhanced below.
 
-Columns are axial, coronal and sagittal. All six views belong to one view group
-(:data:`VIEW_GROUP`), so Slicer's linked navigation (slice offset, pan, zoom, crosshair jumps)
-moves them together; the Logic links their slice composite nodes and gives each row its volume
-(:func:`volumes_by_view`). The layout is registered under :data:`LAYOUT_ID` from :func:`layout_xml`.
+Columns are axial, coronal and sagittal. Each row is a view group of its own
+(:data:`ROW_VIEW_GROUPS`): Slicer's linked navigation (slice offset, pan, zoom, crosshair jumps)
+moves a row's views together, and a linked change of the volume shown (e.g. picking another
+volume in one view's controller) reaches only that row, so it can never put the same volume in
+both rows. The Logic links each row's slice composite nodes, gives each row its volume
+(:func:`volumes_by_view`), and keeps each view at the position of its twin in the other row
+(:func:`twin_view`). The layout is registered under :data:`LAYOUT_ID` from :func:`layout_xml`.
 
 An X-ray → CT result has its own layout (:data:`XRAY_LAYOUT_ID`, :func:`xray_layout_xml`): the frontal
 and the lateral radiograph on top, each in a view turned to its own image plane and in a view group
@@ -19,7 +22,11 @@ LAYOUT_ID = 37301
 """Slicer layout id of the comparison layout (custom layouts take ids above Slicer's own, < 1000)."""
 
 VIEW_GROUP = 5
-"""The comparison views' group: apart from Slicer's default views (group 0) and its dual layouts (1)."""
+"""The original row's view group (and the X-ray layout's result row): apart from Slicer's default views
+(group 0) and its dual layouts (1)."""
+
+ENHANCED_VIEW_GROUP = 8
+"""The enhanced row's view group."""
 
 XRAY_LAYOUT_ID = 37302
 """Slicer layout id of the X-ray → CT layout."""
@@ -32,6 +39,8 @@ FOUR_UP_LAYOUT = 3
 
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
 ROWS = ("original", "enhanced")
+ROW_VIEW_GROUPS = {"original": VIEW_GROUP, "enhanced": ENHANCED_VIEW_GROUP}
+"""Comparison row -> its view group."""
 VIEW_COLORS = {"Axial": "#F34A33", "Coronal": "#6EB04B", "Sagittal": "#EDD54C"}
 """Slicer's colours for red (axial), green (coronal) and yellow (sagittal) views."""
 
@@ -82,10 +91,22 @@ XRAY_VIEWS = xray_views()
 
 
 def view_group(view: ViewSpec) -> int:
-    """The view group of a view: :data:`XRAY_VIEW_GROUPS` for a radiograph, else :data:`VIEW_GROUP`."""
+    """The view group of a view: :data:`XRAY_VIEW_GROUPS` for a radiograph, :data:`ROW_VIEW_GROUPS` for a
+    comparison row, else (the X-ray layout's result row) :data:`VIEW_GROUP`."""
     if view.row == "xray":
         return XRAY_VIEW_GROUPS[view.tag.removeprefix("CTEnhanceXray").lower()]
-    return VIEW_GROUP
+    return ROW_VIEW_GROUPS.get(view.row, VIEW_GROUP)
+
+
+def twin_view(view: ViewSpec, views: tuple[ViewSpec, ...] = VIEWS) -> ViewSpec:
+    """The view of the other comparison row with the same orientation (kept at the same position).
+
+    Raises:
+        ValueError: ``view`` is not a comparison view.
+    """
+    if view not in views:
+        raise ValueError(f"{view.tag} is not a view of the comparison layout")
+    return next(v for v in views if v.orientation == view.orientation and v.row != view.row)
 
 
 def layout_xml(views: tuple[ViewSpec, ...] = VIEWS, rows: tuple[str, ...] = ROWS) -> str:
@@ -141,6 +162,11 @@ def layout_to_restore(previous: int | None, current: int) -> int:
     return FOUR_UP_LAYOUT
 
 
+AI_LABEL = "AI-generated"
+"""What every generated volume's name and DICOM series description say (DESIGN.md, safety)."""
+
+
 def result_name(input_name: str, xray: bool = False) -> str:
-    """The name of the result volume in the scene (``<input> enhanced``, or ``<frontal> CT estimate``)."""
-    return f"{input_name} CT estimate" if xray else f"{input_name} enhanced"
+    """The name of the result volume in the scene: ``<input> enhanced (AI-generated)``, or
+    ``<frontal> CT estimate (AI-generated)``."""
+    return f"{input_name} {'CT estimate' if xray else 'enhanced'} ({AI_LABEL})"

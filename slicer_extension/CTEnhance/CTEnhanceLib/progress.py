@@ -79,6 +79,47 @@ class Reporter:
             self._callback(Progress(stage, done, total, self._since))
 
 
+class Heartbeat:
+    """Passes each report on to ``sink``, and repeats the latest one every ``interval_s`` seconds while no
+    new report comes (the server's inference sends none), so a person or a GUI sees the time go by.
+
+    ``sink(progress, repeat)`` is called from the reporting thread (``repeat=False``) and from the
+    heartbeat's own thread (``repeat=True``), never both at once. Use it as a context manager: the
+    heartbeat thread runs inside the ``with`` block.
+    """
+
+    def __init__(self, sink: Callable[[Progress, bool], None], interval_s: float = 5.0) -> None:
+        if not interval_s > 0:
+            raise ValueError(f"the heartbeat interval must be positive, got {interval_s}")
+        self._sink = sink
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._latest: Progress | None = None
+        self._last_sent = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="CTEnhance heartbeat", daemon=True)
+
+    def __call__(self, progress: Progress) -> None:
+        with self._lock:
+            self._latest, self._last_sent = progress, time.monotonic()
+            self._sink(progress, False)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(0.5, self._interval_s / 4)):
+            with self._lock:
+                if self._latest is not None and time.monotonic() - self._last_sent >= self._interval_s:
+                    self._last_sent = time.monotonic()
+                    self._sink(self._latest, True)
+
+
 class Cancel:
     """Cancels a running call from any thread."""
 

@@ -113,6 +113,25 @@ def image_tasks(info: Mapping[str, Any]) -> list[TaskInfo]:
     return [task for task in tasks if task is not None]
 
 
+def tasks_from_records(records: list[Mapping[str, Any]]) -> list[TaskInfo]:
+    """The tasks the terminal client's ``info`` printed (``dataclasses.asdict`` of each :class:`TaskInfo`).
+
+    Raises:
+        ValueError: a record is not a task.
+    """
+    tasks = []
+    for record in records:
+        try:
+            tasks.append(TaskInfo(name=str(record["name"]), description=str(record.get("description", "")),
+                                  inputs=dict(record.get("inputs") or {}), params=dict(record.get("params") or {}),
+                                  models=tuple(record.get("models") or ()),
+                                  default_model=str(record.get("default_model", "")),
+                                  extensions=tuple(record.get("extensions") or RESULT_EXTENSIONS)))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a task record: {record!r}") from exc
+    return tasks
+
+
 def result_extension(path_name: str) -> str:
     """The result type a file name asks for (``.nii.gz`` counts as one extension).
 

@@ -150,11 +150,12 @@ class Download:
         except OSError as exc:
             raise _write_error(self.output, exc) from exc
         try:
+            buffer = memoryview(bytearray(CHUNK_BYTES))  # one buffer, reused: no allocation per chunk
             with os.fdopen(fd, "wb") as out:
                 report(Stage.DOWNLOAD, 0, total)
-                while chunk := _read_answer(response, cancel):
-                    _write(out, chunk, self.output)
-                    self.size += len(chunk)
+                while n_read := _read_answer(response, cancel, buffer):
+                    _write(out, buffer[:n_read], self.output)
+                    self.size += n_read
                     report(Stage.DOWNLOAD, self.size, total)
             if total and self.size != total:
                 raise ConnectionFailed(f"The download ended after {self.size} of {total} bytes; try again.")
@@ -219,12 +220,12 @@ def _read_input(stream: BinaryIO, path: Path) -> bytes:
         raise ClientError(f"The input {path} cannot be read ({exc.strerror or exc}).") from exc
 
 
-def _read_answer(response: http.client.HTTPResponse, cancel: Cancel) -> bytes:
+def _read_answer(response: http.client.HTTPResponse, cancel: Cancel, buffer: memoryview) -> int:
     cancel.check()
-    return response.read(CHUNK_BYTES)
+    return response.readinto(buffer)
 
 
-def _write(out: BinaryIO, chunk: bytes, output: Path) -> None:
+def _write(out: BinaryIO, chunk: bytes | memoryview, output: Path) -> None:
     try:
         out.write(chunk)
     except OSError as exc:

@@ -1,4 +1,6 @@
-"""Per-volume adaptation: fine-tune a copy of a shipped SR model on the scan's own in-plane detail.
+"""Per-volume adaptation: fine-tune a copy of a shipped SR model on the scan's own in-plane detail, then
+hand the network it made to inference (:func:`enhance_adapted`, what ``ctsr-enhance --adapt`` and the
+server's ``adapt`` parameter run).
 
 Steps (:func:`adapt_network`):
     1. The ``sr_adapt`` task (:mod:`ctsr_models.training.tasks.sr_adapt`) turns the scan into in-plane
@@ -11,6 +13,9 @@ Steps (:func:`adapt_network`):
     3. The guard: the pretrained network is scored on the same held-out pairs before any step. The
        best adapted weights are kept only if they beat it by more than ``min_gain_db``; otherwise the
        pretrained network is used, and the result says so.
+    4. :func:`enhance_adapted` checks the request first (:func:`~ctsr_models.inference.plan_enhancement`),
+       adapts, and enhances with the network adaptation returned
+       (:func:`~ctsr_models.inference.enhance_detailed` with ``net=``).
 """
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,16 +30,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from ctsr_models.inference import EnhanceOptions, ModelSpec, enhance_detailed, load_network, plan_enhancement
+from ctsr_models.inference.device import Progress, pick_device, progress_span, silent
 from ctsr_models.io.atomic import atomic_file
 from ctsr_models.io.errors import InputError
 from ctsr_models.io.volume import Volume
 from ctsr_models.nets import build_net
 
-from .models import ModelSpec
+from .config import to_dict
+from .distributed import DistInfo
+from .tasks.sr_adapt import SRAdaptConfig, SRAdaptTask, adapt_trainer_defaults
+from .trainer import FitControl, Trainer
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float, str], None]
 ADAPTED_FORMAT = 1
 PROFILES = ("rect", "gaussian", "auto")
 MAX_STEPS = 100_000
@@ -138,7 +146,7 @@ class _Tracker:
     """Keeps the pretrained score, the best adapted weights (steps > 0), the history, progress and the
     early-stopping count (validations that beat neither the pretrained nor the best adapted score)."""
 
-    def __init__(self, trainer: Any, options: AdaptOptions, started: float, report: Progress) -> None:
+    def __init__(self, trainer: Trainer, options: AdaptOptions, started: float, report: Progress) -> None:
         self.trainer, self.options, self.started, self.report = trainer, options, started, report
         self.pretrained_psnr = math.nan
         self.best_psnr, self.best_step, self.best_state = -math.inf, 0, None
@@ -170,9 +178,7 @@ class _Tracker:
 
 
 def _task_config(options: AdaptOptions, spec: ModelSpec, target_spacing: float, thickness: float | None,
-                 device: torch.device) -> Any:
-    from ctsr_models.training.tasks.sr_adapt import SRAdaptConfig, adapt_trainer_defaults
-
+                 device: torch.device) -> SRAdaptConfig:
     trainer = adapt_trainer_defaults()
     trainer.steps, trainer.lr, trainer.batch_size = options.steps, options.lr, options.batch_size
     trainer.val_every, trainer.seed, trainer.device = options.val_every, options.seed, device.type
@@ -201,12 +207,8 @@ def adapt_network(volume: Volume, spec: ModelSpec, target_spacing: float, thickn
     Raises:
         InputError: a scan too small to hold slices out, or a model without a network.
     """
-    from ctsr_models.training import DistInfo, Trainer, to_dict
-    from ctsr_models.training.tasks.sr_adapt import SRAdaptTask
-    from ctsr_models.training.trainer import FitControl
-
     started = time.perf_counter()
-    report = progress or (lambda fraction, stage: None)
+    report = progress or silent
     cfg = _task_config(options, spec, target_spacing, thickness, device)
     task = SRAdaptTask(cfg, volume)
     task.check()
@@ -234,7 +236,7 @@ def adapt_network(volume: Volume, spec: ModelSpec, target_spacing: float, thickn
     return result
 
 
-def _choose(trainer: Any, tracker: _Tracker, spec: ModelSpec, options: AdaptOptions, pretrained_psnr: float,
+def _choose(trainer: Trainer, tracker: _Tracker, spec: ModelSpec, options: AdaptOptions, pretrained_psnr: float,
             linear_psnr: float) -> AdaptResult:
     """Apply the no-worse guard: the best adapted weights if they beat the pretrained ones, else the pretrained."""
     best = tracker.best_psnr if tracker.best_state is not None else math.nan
@@ -245,8 +247,6 @@ def _choose(trainer: Any, tracker: _Tracker, spec: ModelSpec, options: AdaptOpti
         message = (f"adapted to this scan: held-out in-plane PSNR {pretrained_psnr:.2f} -> {best:.2f} dB "
                    f"(step {tracker.best_step} of {trainer.step})")
     else:
-        from .models import load_network
-
         net = load_network(spec, trainer.device)
         shown = f"best {best:.2f} dB" if math.isfinite(best) else "no finite score"
         message = (f"adaptation did not improve this scan's held-out in-plane pairs ({shown} vs {pretrained_psnr:.2f} "
@@ -298,3 +298,33 @@ def load_adapted(path: str | Path, device: torch.device) -> tuple[nn.Module, dic
     net = build_net(payload["net"], **payload["net_kwargs"])
     net.load_state_dict(payload["state_dict"], strict=True)
     return net.to(device).eval(), {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def enhance_adapted(volume: Volume, options: EnhanceOptions, adapt: AdaptOptions,
+                    progress: Progress | None = None) -> tuple[Volume, dict[str, Any]]:
+    """Adapt the model of ``options`` to ``volume``, then enhance ``volume`` with the network adaptation returned.
+
+    The request is checked (grid, output size, thickness, model) before any training. Progress:
+    adaptation fills the first half, the enhancement the second.
+
+    Returns:
+        The enhanced volume (float32 HU on the output grid) and ``{"model": name, "adaptation":
+        summary}``: the name says ``(adapted to this scan)`` when the adapted weights were used, and
+        the summary is :meth:`AdaptResult.summary`; the volume's findings end with what adaptation did.
+
+    Raises:
+        InputError: as :func:`~ctsr_models.inference.enhance`, an interpolation model, or a scan
+            adaptation cannot use.
+    """
+    plan = plan_enhancement(volume, options)
+    if not plan.spec.has_network:
+        raise InputError(f"model {options.model!r} is an interpolation; adaptation needs a network model")
+    report = progress or silent
+    report(0.0, "preparing")
+    result = adapt_network(volume, plan.spec, plan.grid.spacing, plan.thickness, adapt, pick_device(options.device),
+                           progress_span(report, 0.0, 0.5))
+    summary = result.summary()
+    label = plan.spec.name + (" (adapted to this scan)" if result.adapted else "")
+    out, details = enhance_detailed(volume, options, progress_span(report, 0.5, 1.0), net=result.net, plan=plan,
+                                    label=label, notes=[result.message])
+    return out, {**details, "adaptation": summary}

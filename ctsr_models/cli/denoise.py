@@ -1,0 +1,56 @@
+"""``ctsr-denoise IN OUT``: low-dose CT denoising with a shipped regression model (same grid out).
+
+The result is an AI-processed image and says so (findings, JSON report, DICOM SeriesDescription).
+``--samples`` and ``--uncertainty`` belong to the latent diffusion denoiser, which is not built yet.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ctsr_models.inference import DEVICES, DenoiseOptions, denoise
+from ctsr_models.inference.denoise import TASK
+from ctsr_models.inference.models import available_models, resolve_model
+from ctsr_models.io import read_volume, write_volume
+
+from .common import (add_common_args, add_read_args, add_write_args, check_output_path, print_json, read_options,
+                     refuse_same_path, run_cli)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctsr-denoise", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("input", help="low-dose CT: DICOM folder or file, study ZIP, .nii/.nii.gz/.nrrd/.mha")
+    parser.add_argument("output", help="output .nii.gz/.nrrd/.mha file, or a folder for a derived DICOM series")
+    parser.add_argument("--model", default="default", help=f"one of: {', '.join(available_models(TASK)) or 'none'}")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the network runs (default auto)")
+    add_read_args(parser)
+    add_write_args(parser)
+    add_common_args(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    refuse_same_path(args.input, args.output)
+    check_output_path(args.output, overwrite=args.overwrite)
+    start = time.perf_counter()
+    options = DenoiseOptions(model=args.model, device=args.device)
+    name = resolve_model(args.model, task=TASK).name  # an unknown model fails before the input is read
+    volume = read_volume(args.input, **read_options(args))
+    with tqdm(total=100, desc="denoise", unit="%", disable=args.quiet, leave=False) as bar:
+        def progress(fraction: float, stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.update(round(fraction * 100) - bar.n)
+
+        result = denoise(volume, options, progress)
+    write_volume(result, args.output, dtype=args.dtype, overwrite=args.overwrite,
+                 series_description=f"AI-denoised {name}"[:50])
+    print_json({"output": str(Path(args.output)), "model": name, "geometry": result.geometry_dict(),
+                "seconds": round(time.perf_counter() - start, 2), "findings": result.findings})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
