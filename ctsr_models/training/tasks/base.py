@@ -9,7 +9,32 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import TrainerConfig
+from ctsr_models.data import VolumeSource, matched_paths
+from ctsr_models.nets import build_net
+
+from ..config import ConfigError, TrainerConfig
+
+
+def check_sources_and_net(train: list[VolumeSource], val: list[VolumeSource], net_name: str,
+                          net_kwargs: dict[str, Any]) -> nn.Module:
+    """The checks of a volume-based task: training sources given, every source matches files, the network builds.
+
+    Returns:
+        The network built from ``net_name`` and ``net_kwargs`` (for further checks).
+
+    Raises:
+        ConfigError: one line naming the config entry.
+    """
+    if not train:
+        raise ConfigError("data.train lists no sources: give at least one volume, folder, ZIP or glob")
+    for i, source in enumerate(train):
+        matched_paths(source, f"data.train[{i}]")
+    for i, source in enumerate(val):
+        matched_paths(source, f"val.sources[{i}]")
+    try:
+        return build_net(net_name, **net_kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None
 
 
 class Task(ABC):

@@ -18,13 +18,13 @@ import torch
 from monai.losses import SSIMLoss
 from torch import nn
 
-from ctsr_models.data import VolumeCache, VolumeSource, find_volumes, matched_paths, net_to_hu, z_range_of
+from ctsr_models.data import VolumeCache, VolumeSource, find_volumes, net_to_hu, z_range_of
 from ctsr_models.data.dose_pairs import DoseSlab, DoseSlabSettings, DoseTrainDataset, DoseValDataset, build_all
 from ctsr_models.metrics.image_metrics import HU_MAX, HU_MIN, psnr, ssim2d
 from ctsr_models.nets import build_net
 
 from ..config import ConfigError, TrainerConfig
-from .base import Task
+from .base import Task, check_sources_and_net
 from .sr import NetConfig
 
 log = logging.getLogger(__name__)
@@ -135,16 +135,8 @@ class DenoiseTask(Task):
 
     def check(self) -> None:
         """Data paths exist and the network can be built with its arguments."""
-        if not self.cfg.data.train:
-            raise ConfigError("data.train lists no sources: give at least one volume, folder, ZIP or glob")
-        for i, source in enumerate(self.cfg.data.train):
-            matched_paths(source, f"data.train[{i}]")
-        for i, source in enumerate(self.cfg.val.sources):
-            matched_paths(source, f"val.sources[{i}]")
-        try:
-            net = build_net(self.cfg.model.name, **self.cfg.model.kwargs)
-        except ValueError as exc:
-            raise ConfigError(f"model: {exc}") from None
+        net = check_sources_and_net(self.cfg.data.train, self.cfg.val.sources, self.cfg.model.name,
+                                    self.cfg.model.kwargs)
         if getattr(net, "in_slices", self.cfg.data.in_slices) != self.cfg.data.in_slices:
             raise ConfigError(f"model.kwargs.in_slices ({net.in_slices}) differs from data.in_slices "
                               f"({self.cfg.data.in_slices})")

@@ -20,14 +20,14 @@ from torch import nn
 
 from ctsr_models.data import (
     DegradationRanges, SRTrainDataset, SRValDataset, ThinGrid, VolumeCache, VolumeEntry, VolumeSource, find_volumes,
-    matched_paths, net_to_hu, z_range_of,
+    net_to_hu, z_range_of,
 )
 from ctsr_models.inference import RegressionPredictor
 from ctsr_models.metrics import evaluate_arrays
 from ctsr_models.nets import build_net
 
-from ..config import ConfigError, TrainerConfig
-from .base import Task
+from ..config import TrainerConfig
+from .base import Task, check_sources_and_net
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +154,7 @@ class SRTask(Task):
 
     def check(self) -> None:
         """Data paths exist and the network can be built with its arguments."""
-        if not self.cfg.data.train:
-            raise ConfigError("data.train lists no sources: give at least one volume, folder, ZIP or glob")
-        for i, source in enumerate(self.cfg.data.train):
-            matched_paths(source, f"data.train[{i}]")
-        for i, source in enumerate(self.cfg.val.sources):
-            matched_paths(source, f"val.sources[{i}]")
-        try:
-            build_net(self.cfg.model.name, **self.cfg.model.kwargs)
-        except ValueError as exc:
-            raise ConfigError(f"model: {exc}") from None
+        check_sources_and_net(self.cfg.data.train, self.cfg.val.sources, self.cfg.model.name, self.cfg.model.kwargs)
 
     def _entries(self, sources: list[VolumeSource], label: str, cache: VolumeCache) -> list[VolumeEntry]:
         entries = []
