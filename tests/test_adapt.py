@@ -82,9 +82,9 @@ def test_shipped_weights_untouched_and_saved_weights_load(thick: Volume, tmp_pat
     before_bytes, before_mtime = path.read_bytes(), path.stat().st_mtime_ns
     save = tmp_path / "adapted.pt"
     options = AdaptOptions(steps=4, seconds=None, val_every=2, n_val=4, patience=0, lr=1e-3, min_gain_db=-100.0,
-                           save_path=save)
+                           consistency_tolerance=float("inf"), save_path=save)
     result = adapt_network(thick, spec, 1.5, THICK_MM, options, torch.device("cpu"))
-    assert result.adapted and result.steps == 4  # min_gain_db=-100 keeps whatever was learnt
+    assert result.adapted and result.steps == 4  # min_gain_db=-100, no consistency rule: keeps whatever was learnt
     assert path.read_bytes() == before_bytes and path.stat().st_mtime_ns == before_mtime
     assert sha256(path) == spec.sha256
     shipped = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,15 +119,17 @@ def test_small_real_crop_improves_after_adaptation(truth: Volume, thick: Volume)
 
 
 def test_time_budget_is_honoured(thick: Volume) -> None:
-    options = AdaptOptions(steps=100_000, seconds=4.0, val_every=5, n_val=4, patience=0)
+    # the budget covers set-up, the two data-consistency probes (the adapted one's cost is reserved up
+    # front), steps and validations: 20 s leaves time for some steps after set-up and the pretrained probe
+    options = AdaptOptions(steps=100_000, seconds=20.0, val_every=5, n_val=4, patience=0)
     start = time.perf_counter()
     result = adapt_network(thick, resolve_model("default"), 1.5, THICK_MM, options, torch.device("cpu"))
     wall = time.perf_counter() - start
-    assert result.stopped_by == "time" and result.steps < 100_000
+    assert result.stopped_by == "time" and 0 < result.steps < 100_000
     assert result.seconds <= wall
-    # the budget covers set-up, steps and validations; the step in progress (and a validation due at
-    # it) may run past it: a few seconds on two busy cores
-    assert wall < 4.0 + 8.0, wall
+    # the step in progress (and a validation due at it) may run past the budget: a few seconds on two
+    # busy cores
+    assert wall < 20.0 + 8.0, wall
 
 
 def test_guard_keeps_the_pretrained_result_when_adaptation_fails(thick: Volume, caplog) -> None:

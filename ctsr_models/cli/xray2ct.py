@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine-steps", type=int, default=XrayOptions.refine_steps, metavar="N",
                         help=f"projection-consistency refinement steps, 0 to switch it off "
                              f"(default {XrayOptions.refine_steps})")
+    parser.add_argument("--output-size", type=int, metavar="N",
+                        help="output voxels per axis over the model's field (models with a point decoder only; "
+                             "default: the model's own)")
     parser.add_argument("--no-pair-check", action="store_true",
                         help="do not refuse impossible pairs (same picture, same view, not radiographs, different "
                              "bodies); research use only")
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     frontal, lateral = read_pair(args)
     options = XrayOptions(model=args.model, device=args.device, refine_steps=args.refine_steps,
-                           check_pair=not args.no_pair_check)
+                           check_pair=not args.no_pair_check, output_size=args.output_size)
     with tqdm(total=100, desc="xray2ct", unit="%", disable=args.quiet, leave=False) as bar:
         def progress(fraction: float, stage: str) -> None:
             bar.set_postfix_str(stage)

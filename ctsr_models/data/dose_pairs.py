@@ -270,3 +270,95 @@ class DoseValDataset(Dataset):
         sample = _cut(slab, dose, centre, self.in_slices, y, x, self.size, (False, False))
         sample["index"] = torch.tensor(index, dtype=torch.int64)
         return sample
+
+
+def _cut3d(slab: DoseSlab, dose: float, z: int, y: int, x: int, size: tuple[int, int, int],
+           flips: tuple[bool, bool]) -> dict[str, torch.Tensor]:
+    win = (slice(z, z + size[0]), slice(y, y + size[1]), slice(x, x + size[2]))
+    low = np.asarray(slab.load(dose)[win], dtype=np.float32)
+    std = np.asarray(slab.load()[win], dtype=np.float32)
+    for axis, flip in zip((1, 2), flips):
+        if flip:
+            low, std = np.flip(low, axis), np.flip(std, axis)
+    return {"input": torch.from_numpy(hu_to_net(np.ascontiguousarray(low)))[None],
+            "target": torch.from_numpy(hu_to_net(np.ascontiguousarray(std)))[None],
+            "dose": torch.tensor(dose, dtype=torch.float32)}
+
+
+def _draw3d(rng: np.random.Generator, slab: DoseSlab, size: tuple[int, int, int],
+            min_body: float) -> tuple[int, int, int]:
+    """A crop position ``(z, y, x)`` in ``slab``, redrawn a few times while it holds too little body."""
+    d, h, w = slab.load().shape
+    z = int(rng.integers(0, d - size[0] + 1))
+    std = slab.load()[z:z + size[0]]
+    for _ in range(_BODY_TRIES):
+        y, x = int(rng.integers(0, h - size[1] + 1)), int(rng.integers(0, w - size[2] + 1))
+        if (std[:, y:y + size[1], x:x + size[2]] > BODY_HU).mean() >= min_body:
+            break
+    return z, y, x
+
+
+class DoseTrain3DDataset(Dataset):
+    """Random 3D patches of the same slabs: ``input`` (low dose) and ``target`` (standard dose), each
+    ``(1, D, H, W)`` network scale; item ``i`` is fixed by ``(seed, rank, i)`` (slab, dose, crop, flips).
+
+    Args:
+        slabs: the simulated slabs (at least ``D`` slices each).
+        patch_size: ``(D, H, W)`` voxels.
+        seed: base seed.
+        rank: process rank (its own stream).
+        min_body_fraction: crops are redrawn (a few times) while less of them than this is body.
+    """
+
+    def __init__(self, slabs: Sequence[DoseSlab], patch_size: Sequence[int], seed: int, rank: int,
+                 min_body_fraction: float = 0.2) -> None:
+        self.slabs, self.size = list(slabs), (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
+        self.seed, self.rank, self.min_body = seed, rank, min_body_fraction
+        _check(self.slabs, self.size[0], self.size[1:])
+        weights = np.array([s.weight for s in self.slabs], dtype=np.float64)
+        self.p = weights / weights.sum()
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.rank, index])
+        slab = self.slabs[int(rng.choice(len(self.slabs), p=self.p))]
+        dose = float(rng.choice(sorted(slab.low)))
+        z, y, x = _draw3d(rng, slab, self.size, self.min_body)
+        flips = (bool(rng.integers(2)), bool(rng.integers(2)))
+        return _cut3d(slab, dose, z, y, x, self.size, flips)
+
+
+class DoseVal3DDataset(Dataset):
+    """A fixed list of 3D samples from held-out slabs: slabs and doses cycled, crops drawn once from ``seed``
+    (body-weighted like training), no flips; each item also carries its ``index``.
+
+    Args:
+        slabs: held-out simulated slabs.
+        n_samples: number of samples.
+        patch_size: ``(D, H, W)`` voxels.
+        seed: seed of the positions.
+        min_body_fraction: as for training.
+    """
+
+    def __init__(self, slabs: Sequence[DoseSlab], n_samples: int, patch_size: Sequence[int], seed: int,
+                 min_body_fraction: float = 0.2) -> None:
+        size = (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
+        _check(slabs, size[0], size[1:])
+        doses = sorted(slabs[0].low)
+        self.items = []
+        for i in range(n_samples):
+            slab = slabs[i % len(slabs)]
+            z, y, x = _draw3d(np.random.default_rng([seed, i]), slab, size, min_body_fraction)
+            self.items.append((slab, doses[i % len(doses)], z, y, x))
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        slab, dose, z, y, x = self.items[index]
+        sample = _cut3d(slab, dose, z, y, x, self.size, (False, False))
+        sample["index"] = torch.tensor(index, dtype=torch.int64)
+        return sample

@@ -82,7 +82,8 @@ class DiffusionSettings:
         steps: default number of sampling steps (network evaluations per window and sample).
         samples: default number of samples ``K`` (the output is their mean).
         regression_model: the shipped ``sr`` regression model whose output is the conditioning and the
-            start of residual shifting.
+            start of residual shifting; ``None`` for a model conditioned on its input alone (the latent
+            diffusion denoiser, :mod:`~ctsr_models.inference.ldm_denoise`).
         calibration_scale: conformal factor ``c`` (:func:`ctsr_models.metrics.calibration.fit_scale`): the
             uncertainty returned is ``c * std`` over the samples.
         calibration_z: the normal quantile ``z`` of the stated interval ``mean +- z * (c * std)``.
@@ -94,7 +95,7 @@ class DiffusionSettings:
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     steps: int = 4
     samples: int = 1
-    regression_model: str = "sr_unet_small_v3"
+    regression_model: str | None = "sr_unet_small_v3"
     calibration_scale: float = 1.0
     calibration_z: float = 1.6448536269514722
     calibration_coverage: float | None = None
@@ -104,8 +105,8 @@ class DiffusionSettings:
                                   ("samples", self.samples, MAX_DIFFUSION_SAMPLES)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
                 raise ValueError(f"diffusion {name} must be an int in [1, {high}], got {value!r}")
-        if not self.scheduler or not self.regression_model:
-            raise ValueError("diffusion settings need a scheduler and a regression_model")
+        if not self.scheduler or self.regression_model == "":
+            raise ValueError("diffusion settings need a scheduler and a regression_model (or null for none)")
         if not (self.calibration_scale > 0 and self.calibration_z > 0):
             raise ValueError(f"calibration_scale and calibration_z must be > 0, got {self.calibration_scale!r}, "
                              f"{self.calibration_z!r}")

@@ -63,6 +63,8 @@ class XrayOptions:
         refine_coarse: voxels per side of the (smooth) correction the refinement optimises.
         check_pair: refuse impossible pairs first (:func:`~ctsr_models.inference.xray_pair_check.check_pair`);
             ``False`` only for research use.
+        output_size: output voxels per axis over the model's ``fov_mm`` (``None``: the model's ``size``);
+            only models with a point decoder (``xray2ct_implicit``) take another size.
     """
 
     model: str = "default"
@@ -72,6 +74,7 @@ class XrayOptions:
     refine_detector_px: int = 64
     refine_coarse: int = 32
     check_pair: bool = True
+    output_size: int | None = None
 
 
 @dataclass
@@ -246,15 +249,43 @@ def reconstruct(frontal: Radiograph, lateral: Radiograph, options: XrayOptions =
         check_pair(frontal, lateral)
     report(0.0, "preparing")
     spec = resolve_model(options.model, task=TASK)
-    setup = model_setup(spec)
     device = pick_device(options.device)
-    net = load_network(spec, device)
+    return reconstruct_with(load_network(spec, device), model_setup(spec), spec.name, frontal, lateral, options,
+                            progress, t0)
+
+
+def output_setup(net: torch.nn.Module, setup: XraySetup, output_size: int | None) -> XraySetup:
+    """The set-up of the output grid: the model's, or ``output_size``³ over the same cube (point decoders).
+
+    Raises:
+        InputError: another size asked of a model whose output size is fixed, or a size out of [16, 512].
+    """
+    if output_size is None or output_size == setup.size:
+        return setup
+    if not getattr(net, "point_decoder", False):
+        raise InputError(f"this model always outputs {setup.size}^3 voxels; another output size needs a model "
+                         f"with a point decoder (xray2ct_implicit)")
+    if not 16 <= output_size <= 512:
+        raise InputError(f"output size must be between 16 and 512 voxels per axis, got {output_size}")
+    return replace(setup, size=int(output_size))
+
+
+def reconstruct_with(net: torch.nn.Module, setup: XraySetup, name: str, frontal: Radiograph, lateral: Radiograph,
+                     options: XrayOptions = XrayOptions(), progress: Progress | None = None,
+                     t0: float | None = None) -> XrayResult:
+    """:func:`reconstruct` with a network already loaded (``net`` on its device, in eval mode) and the
+    set-up it was trained with; no pair check (``reconstruct`` runs it). ``name`` goes into the findings."""
+    report = progress or (lambda fraction, stage: None)
+    t0 = time.perf_counter() if t0 is None else t0
+    device = next(net.parameters()).device
+    setup = output_setup(net, setup, options.output_size)
     centre, geoms, images = network_inputs(frontal, lateral, setup)
     grid = setup.grid(centre)
     t1 = time.perf_counter()
     report(0.1, "reconstructing")
     x = torch.from_numpy(images).to(device)
-    coords = lifting_coords(grid, geoms, net.lifting_size)[None].to(device)
+    lifting = setup.size if getattr(net, "point_decoder", False) else net.lifting_size
+    coords = lifting_coords(grid, geoms, lifting)[None].to(device)
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         out = net(x[0:1, None], x[1:2, None], coords)
     hu = ct_net_to_hu(out.float()[0, 0])
@@ -275,13 +306,13 @@ def reconstruct(frontal: Radiograph, lateral: Radiograph, options: XrayOptions =
     report(1.0, "done")
     final = consistency.get("after", consistency["before"]) if "kept" not in consistency else consistency["before"]
     findings = [*frontal.findings, *lateral.findings, NOT_A_CT,
-                f"model {spec.name}; projection consistency {final['mean']:.1f} dB "
+                f"model {name}; projection consistency {final['mean']:.1f} dB "
                 f"(frontal {final['frontal']:.1f}, lateral {final['lateral']:.1f})"]
     volume = Volume(hu.cpu().numpy().astype(np.float32), spacing=grid.spacing, origin=grid.origin,
                     direction=grid.direction, slice_thickness=grid.spacing[2], meta=dict(frontal.meta),
                     findings=findings)
     log.info("xray2ct: %s in %.2f s (prepare %.2f, network %.2f, consistency %.2f); consistency %s",
-             spec.name, t3 - t0, t1 - t0, t2 - t1, t3 - t2, consistency)
+             name, t3 - t0, t1 - t0, t2 - t1, t3 - t2, consistency)
     return XrayResult(volume, consistency, images, geoms,
                       {"prepare": round(t1 - t0, 3), "network": round(t2 - t1, 3), "consistency": round(t3 - t2, 3),
                        "total": round(t3 - t0, 3)})

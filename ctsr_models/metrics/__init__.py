@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from .compare import compare_volumes
 from .image_metrics import HU_MAX, HU_MIN, evaluate_arrays, mae_body, psnr, psnr_from_mse, ssim2d, ssim3d, to_unit
+from .noise import homogeneous_mask, insert_spheres, noise_power_spectrum, noise_std, sphere_cnr
+from .texture import laa_bias, laa_percent, restored_band_ratio
 
 __all__ = ["HU_MAX", "HU_MIN", "compare_volumes", "evaluate_arrays", "mae_body", "psnr", "psnr_from_mse", "ssim2d",
-           "ssim3d", "to_unit"]
+           "ssim3d", "to_unit", "laa_bias", "laa_percent", "restored_band_ratio",
+           "homogeneous_mask", "insert_spheres", "noise_power_spectrum", "noise_std", "sphere_cnr"]

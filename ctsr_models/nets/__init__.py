@@ -6,10 +6,13 @@ the losses belong to the tasks in :mod:`ctsr_models.training`. Build one with
 """
 from __future__ import annotations
 
+from .autoencoder import CTAutoencoder, autoencoder_kl
 from .denoise import DenoiseUNet
+from .latent_denoise import LatentDenoiser
 from .registry import NETS, build_net, register_net
 from .sr import SRResNet, SRUNet, sr_condition
 from .sr_diffusion import SRDiffusionUNet
 from .xray2ct import XrayToCT
+from .xray2ct_implicit import XrayToCTImplicit
 
-__all__ = ["NETS", "DenoiseUNet", "SRDiffusionUNet", "SRResNet", "SRUNet", "XrayToCT", "build_net", "register_net", "sr_condition"]
+__all__ = ["NETS", "CTAutoencoder", "autoencoder_kl", "DenoiseUNet", "LatentDenoiser", "SRDiffusionUNet", "SRResNet", "SRUNet", "XrayToCT", "XrayToCTImplicit", "build_net", "register_net", "sr_condition"]

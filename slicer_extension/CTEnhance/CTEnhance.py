@@ -48,7 +48,9 @@ class CTEnhance(ScriptedLoadableModule):
             "Enhance a CT on a CT Enhance MONAI Label server (thick slices to thin ones) and compare the "
             "original (top row) and the enhanced volume (bottom row) in linked axial, coronal and sagittal "
             "views. Connect to the server, pick the volume, click Enhance. The result is named and saved as "
-            "AI-generated, beside the input in its study. See docs/slicer.md.")
+            "AI-generated, beside the input in its study. A diffusion model's result comes with its uncertainty, "
+            "shown as a colour overlay on the result views. The task Denoise (low dose) denoises a low-dose CT "
+            "the same way. See docs/slicer.md.")
         self.parent.acknowledgementText = _(
             "Built on 3D Slicer's scripted module template and MONAI Label.")
 
@@ -110,6 +112,9 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.connectButton.connect("clicked(bool)", self.onConnect)
         self.ui.serverUrlLineEdit.connect("editingFinished()", self._showUrlAdvice)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self._onTaskChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onModelChanged)
+        self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self._onUncertaintyDisplay)
+        self.ui.uncertaintyOpacitySlider.connect("valueChanged(double)", self._onUncertaintyDisplay)
         self.ui.enhanceButton.connect("clicked(bool)", self.onEnhance)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.previousLayoutButton.connect("clicked(bool)", self.onPreviousLayout)
@@ -198,12 +203,13 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         inputs = ({"image": node.frontalXray, "label": node.lateralXray} if task.takes_xray_pair
                   else {"image": node.inputVolume})
+        model = self.ui.modelComboBox.currentText or None
         try:
             params = task.request_params(
                 target_spacing=node.targetSpacing if "target_spacing" in task.params else None,
-                model=self.ui.modelComboBox.currentText or None,
-                device=self.ui.deviceComboBox.currentText or None,
-                **task.adapt_params(node.adapt and task.can_adapt, node.adaptSeconds))
+                model=model, device=self.ui.deviceComboBox.currentText or None,
+                **task.adapt_params(node.adapt and task.can_adapt, node.adaptSeconds),
+                **task.sampling_params(model, self.ui.samplesSpinBox.value or None, self.ui.stepsSpinBox.value or None))
             self._run = self.logic.startEnhance(inputs, node.serverUrl, task.name, params, node.readTimeoutS,
                                                 self._token())
         except (ClientError, RuntimeError, ValueError) as exc:
@@ -270,6 +276,7 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode is not None:
                 self._parameterNode.enhancedVolume = enhanced
             self.logic.showResult(run, enhanced)
+            self._onModelChanged()
             self._say(_("Done: {name}.").format(name=enhanced.GetName()))
         except Cancelled:
             self._say(_("Cancelled; the scene is unchanged."))
@@ -339,7 +346,7 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             reason = ""
         self.ui.enhanceButton.enabled = self._flow.can_enhance(not reason) and self._process is None
         self.ui.adaptSecondsSpinBox.enabled = bool(node and node.adapt)
-        self.ui.enhanceButton.toolTip = reason or _("Send the input to the server and show the result.")
+        self.ui.enhanceButton.toolTip = reason or _("Send the input to the server and show the result beside it.")
         self.ui.previousLayoutButton.enabled = self.logic is not None and self.logic.comparisonShown()
         result = node.enhancedVolume if node else None
         self.ui.saveDicomButton.enabled = (self.logic is not None and not self._flow.busy
@@ -350,7 +357,7 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = combo.blockSignals(True)
         combo.clear()
         for task in self._tasks:
-            combo.addItem(task.name)
+            combo.addItem(task.label)
             combo.setItemData(combo.count - 1, task.description, qt.Qt.ToolTipRole)
         names = [task.name for task in self._tasks]
         combo.currentIndex = names.index(SR_TASK) if SR_TASK in names else (0 if names else -1)
@@ -375,9 +382,35 @@ class CTEnhanceWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         adapt = bool(task and task.can_adapt)
         for widget in (self.ui.adaptCheckBox, self.ui.adaptSecondsLabel, self.ui.adaptSecondsSpinBox):
             widget.visible = adapt
+        self.ui.enhanceButton.text = task.action if task else _("Enhance")
         for combo, param in ((self.ui.modelComboBox, "model"), (self.ui.deviceComboBox, "device")):
+            wasBlocked = combo.blockSignals(True)
             self._fillChoices(combo, task.choices(param) if task else (), task.default(param) if task else None)
+            combo.blockSignals(wasBlocked)
+        self._onModelChanged()
+
+    def _onModelChanged(self, index: int = -1) -> None:
+        """Show the sampling options (within the server's bounds) for a diffusion model, and the uncertainty
+        display while such a model is chosen or the latest result has an uncertainty."""
+        task = self._currentTask()
+        sampled = bool(task and task.samples_model(self.ui.modelComboBox.currentText or None))
+        for param, label, spinBox in (("samples", self.ui.samplesLabel, self.ui.samplesSpinBox),
+                                      ("steps", self.ui.stepsLabel, self.ui.stepsSpinBox)):
+            label.visible = spinBox.visible = sampled
+            if sampled:
+                spinBox.maximum = task.bounds(param)[1]
+        result = self._parameterNode.enhancedVolume if self._parameterNode else None
+        display = sampled or (self.logic is not None and self.logic.uncertaintyOf(result) is not None)
+        for widget in (self.ui.showUncertaintyCheckBox, self.ui.uncertaintyOpacityLabel,
+                       self.ui.uncertaintyOpacitySlider):
+            widget.visible = display
         self._updateButtons()
+
+    def _onUncertaintyDisplay(self, value=None) -> None:
+        """The uncertainty toggle or opacity changed: apply it to the result shown."""
+        if self.logic is not None:
+            self.logic.setUncertaintyDisplay(self.ui.showUncertaintyCheckBox.checked,
+                                             self.ui.uncertaintyOpacitySlider.value)
 
     @staticmethod
     def _fillChoices(combo, choices, default) -> None:

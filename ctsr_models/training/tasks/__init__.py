@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from ..config import ConfigError
 from .base import Task
+from .autoencoder import AutoencoderConfig, AutoencoderTask
 from .denoise import DenoiseConfig, DenoiseTask
+from .ldm_denoise import LDMDenoiseConfig, LDMDenoiseTask
 from .sr import SRConfig, SRTask
 from .sr_adapt import SRAdaptConfig, SRAdaptTask
 from .sr_diffusion import SRDiffusionConfig, SRDiffusionTask
 from .xray2ct import Xray2CTConfig, XrayToCTTask
 
-TASKS: dict[str, type[Task]] = {SRTask.name: SRTask, DenoiseTask.name: DenoiseTask, SRAdaptTask.name: SRAdaptTask,
-                                SRDiffusionTask.name: SRDiffusionTask,
+TASKS: dict[str, type[Task]] = {AutoencoderTask.name: AutoencoderTask, SRTask.name: SRTask, DenoiseTask.name: DenoiseTask, SRAdaptTask.name: SRAdaptTask,
+                                SRDiffusionTask.name: SRDiffusionTask, LDMDenoiseTask.name: LDMDenoiseTask,
                                 XrayToCTTask.name: XrayToCTTask}
 
 
@@ -27,5 +29,5 @@ def get_task(name: str) -> type[Task]:
     return TASKS[name]
 
 
-__all__ = ["TASKS", "DenoiseConfig", "DenoiseTask", "SRAdaptConfig", "SRAdaptTask", "SRConfig", "SRDiffusionConfig", "SRDiffusionTask", "SRTask", "Task",
+__all__ = ["TASKS", "AutoencoderConfig", "AutoencoderTask", "DenoiseConfig", "DenoiseTask", "LDMDenoiseConfig", "LDMDenoiseTask", "SRAdaptConfig", "SRAdaptTask", "SRConfig", "SRDiffusionConfig", "SRDiffusionTask", "SRTask", "Task",
            "Xray2CTConfig", "XrayToCTTask", "get_task"]

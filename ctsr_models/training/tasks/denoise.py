@@ -120,6 +120,40 @@ def _window(hu: np.ndarray) -> np.ndarray:
     return np.clip((hu + 1000.0) / 2000.0, 0.0, 1.0).astype(np.float32)
 
 
+def _dose_slabs(data: Any, sources: list[VolumeSource], label: str, n_slabs: int) -> list[DoseSlab]:
+    cache = VolumeCache(data.cache_dir)
+    entries = []
+    for i, source in enumerate(sources):
+        refs = find_volumes(source, f"{label}[{i}]")
+        for ref in refs:
+            vol = cache.load(ref)
+            entries.append((vol, z_range_of(vol.shape[0], source.z_fraction), source.weight / len(refs)))
+    return build_all(entries, data.slab_settings(n_slabs), Path(data.cache_dir) / "dose_pairs")
+
+
+def train_val_slabs(cfg: Any, task: str) -> tuple[list[DoseSlab], list[DoseSlab]]:
+    """Decode the training and validation volumes of a dose task's config and simulate their low-dose slabs
+    (once: later runs, and the other dose tasks, read the shared ``cache_dir/dose_pairs`` cache).
+
+    Args:
+        cfg: a config with ``data`` (``train``, ``slabs_per_volume``, ``slab_slices``, ``cache_dir``,
+            ``slab_settings()``) and ``val`` (``sources``, ``slabs_per_volume``), e.g. :class:`DenoiseConfig`.
+        task: the task's name, for the log.
+
+    Raises:
+        ConfigError: a source that cannot be read, or no volume long enough for a slab.
+    """
+    try:
+        train = _dose_slabs(cfg.data, cfg.data.train, "data.train", cfg.data.slabs_per_volume)
+        val = _dose_slabs(cfg.data, cfg.val.sources, "val.sources", cfg.val.slabs_per_volume)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not train:
+        raise ConfigError(f"data.train: every volume is shorter than slab_slices ({cfg.data.slab_slices})")
+    log.info("%s data: %d training and %d validation slabs", task, len(train), len(val))
+    return train, val
+
+
 class DenoiseTask(Task):
     """Low-dose → standard-dose regression on 2.5D patches."""
 
@@ -141,27 +175,9 @@ class DenoiseTask(Task):
             raise ConfigError(f"model.kwargs.in_slices ({net.in_slices}) differs from data.in_slices "
                               f"({self.cfg.data.in_slices})")
 
-    def _slabs(self, sources: list[VolumeSource], label: str, n_slabs: int) -> list[DoseSlab]:
-        data = self.cfg.data
-        cache = VolumeCache(data.cache_dir)
-        entries = []
-        for i, source in enumerate(sources):
-            refs = find_volumes(source, f"{label}[{i}]")
-            for ref in refs:
-                vol = cache.load(ref)
-                entries.append((vol, z_range_of(vol.shape[0], source.z_fraction), source.weight / len(refs)))
-        return build_all(entries, data.slab_settings(n_slabs), Path(data.cache_dir) / "dose_pairs")
-
     def prepare(self) -> None:
         """Decode every volume and simulate its low-dose slabs (once; later runs only read the cache)."""
-        try:
-            self.train_slabs = self._slabs(self.cfg.data.train, "data.train", self.cfg.data.slabs_per_volume)
-            self.val_slabs = self._slabs(self.cfg.val.sources, "val.sources", self.cfg.val.slabs_per_volume)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if not self.train_slabs:
-            raise ConfigError(f"data.train: every volume is shorter than slab_slices ({self.cfg.data.slab_slices})")
-        log.info("denoise data: %d training and %d validation slabs", len(self.train_slabs), len(self.val_slabs))
+        self.train_slabs, self.val_slabs = train_val_slabs(self.cfg, "denoise")
 
     def build_model(self) -> nn.Module:
         return build_net(self.cfg.model.name, **self.cfg.model.kwargs)

@@ -22,17 +22,19 @@ from ctsr_models.data import (
     DegradationRanges, SRTrainDataset, SRValDataset, ThinGrid, VolumeCache, VolumeEntry, VolumeSource, find_volumes,
     net_to_hu, z_range_of,
 )
-from ctsr_models.inference import RegressionPredictor
+from ctsr_models.inference import RegressionPredictor, load_network, resolve_model
+from ctsr_models.io import InputError
 from ctsr_models.metrics import evaluate_arrays
 from ctsr_models.nets import build_net
 
-from ..config import TrainerConfig
+from ..config import ConfigError, TrainerConfig
 from .base import Task, check_sources_and_net
 
 log = logging.getLogger(__name__)
 
 _SSIM_MIN = 11  # voxels per axis that SSIM (Gaussian sigma 1.5) needs
 _PANEL_WINDOW_HU = (-1000.0, 1000.0)
+_PER_SOURCE = ("psnr", "ssim", "linear_psnr", "psnr_gain")  # scored per held-out source when there are several
 
 
 @dataclass
@@ -114,12 +116,26 @@ class NetConfig:
 
 
 @dataclass
+class SRNetConfig(NetConfig):
+    """The SR network (the ``model:`` section), optionally initialised from trained weights.
+
+    Attributes:
+        init_from: weights loaded before step 0: a shipped model name (its SHA-256 is checked, as for
+            inference) or a ``.pt`` file (a training checkpoint, whose EMA weights are taken when it has
+            them, or a plain state dict). Fine-tuning, not a resume: the optimiser, schedule and step start
+            fresh. ``None``: random initialisation.
+    """
+
+    init_from: str | None = None
+
+
+@dataclass
 class SRConfig:
     """The whole SR config: ``trainer``, ``data``, ``model``, ``val`` and the ``loss`` (``l1`` or ``mse``)."""
 
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: SRDataConfig = field(default_factory=SRDataConfig)
-    model: NetConfig = field(default_factory=NetConfig)
+    model: SRNetConfig = field(default_factory=SRNetConfig)
     val: SRValConfig = field(default_factory=SRValConfig)
     loss: Literal["l1", "mse"] = "l1"
 
@@ -130,6 +146,42 @@ def _masked_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, k
     err = diff.abs() if kind == "l1" else diff.square()
     weights = mask.expand_as(err)
     return (err * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def initial_weights(source: str) -> dict[str, torch.Tensor]:
+    """The state dict that ``model.init_from`` names (see :class:`SRNetConfig`).
+
+    Args:
+        source: a shipped SR model name, or a ``.pt`` file: a training checkpoint (its EMA weights when it
+            has them, else its raw ones) or a plain state dict.
+
+    Raises:
+        ConfigError: unknown model, missing file, or weights that fail their SHA-256 check (one line).
+    """
+    path = Path(source)
+    if source.endswith(".pt") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"model.init_from: no such weights file: {source}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if "config" in state and "model" in state:  # a complete training checkpoint
+            ema = state.get("ema")
+            if ema:
+                return {k.removeprefix("module."): v for k, v in ema.items() if k != "n_averaged"}
+            return state["model"]
+        return state
+    try:
+        return load_network(resolve_model(source), torch.device("cpu")).state_dict()
+    except InputError as exc:
+        raise ConfigError(f"model.init_from: {exc}") from None
+
+
+def _load_initial(net: nn.Module, source: str, cfg: NetConfig) -> None:
+    """Load ``initial_weights(source)`` into ``net`` (strict), or raise a one-line ConfigError."""
+    try:
+        net.load_state_dict(initial_weights(source), strict=True)
+    except RuntimeError:
+        raise ConfigError(f"model.init_from: the weights of {source} do not fit network {cfg.name!r} with "
+                          f"{cfg.kwargs}") from None
 
 
 def _window(hu: np.ndarray) -> np.ndarray:
@@ -151,10 +203,15 @@ class SRTask(Task):
         super().__init__(cfg)
         self.train_entries: list[VolumeEntry] = []
         self.val_entries: list[VolumeEntry] = []
+        self.val_source_of: list[int] = []
 
     def check(self) -> None:
         """Data paths exist and the network can be built with its arguments."""
-        check_sources_and_net(self.cfg.data.train, self.cfg.val.sources, self.cfg.model.name, self.cfg.model.kwargs)
+        net = check_sources_and_net(self.cfg.data.train, self.cfg.val.sources, self.cfg.model.name,
+                                    self.cfg.model.kwargs)
+        source = getattr(self.cfg.model, "init_from", None)
+        if source:
+            _load_initial(net, source, self.cfg.model)
 
     def _entries(self, sources: list[VolumeSource], label: str, cache: VolumeCache) -> list[VolumeEntry]:
         entries = []
@@ -164,17 +221,30 @@ class SRTask(Task):
                 vol = cache.load(ref)
                 entries.append(VolumeEntry(vol, tuple(source.axes), z_range_of(vol.shape[0], source.z_fraction),
                                            source.weight / len(refs)))
+                if label == "val.sources":
+                    self.val_source_of.append(i)
         return entries
 
     def prepare(self) -> None:
         """Find every volume and decode it into the cache (once; later runs only read the cache)."""
         cache = VolumeCache(self.cfg.data.cache_dir)
         self.train_entries = self._entries(self.cfg.data.train, "data.train", cache)
+        self.val_source_of = []
         self.val_entries = self._entries(self.cfg.val.sources, "val.sources", cache)
+        if len(self.cfg.val.sources) > 1 and type(self).val_step is SRTask.val_step:
+            # several held-out sources: also score each on its own (``psnr_val1``: sources[1])
+            per_source = [f"{m}_val{i}" for i in range(len(self.cfg.val.sources)) for m in _PER_SOURCE]
+            self.val_metrics = type(self).val_metrics + tuple(per_source)  # type: ignore[misc]
         log.info("SR data: %d training and %d validation volumes", len(self.train_entries), len(self.val_entries))
 
     def build_model(self) -> nn.Module:
-        return build_net(self.cfg.model.name, **self.cfg.model.kwargs)
+        """The network; with ``model.init_from``, holding those weights (before step 0 and the EMA copy)."""
+        net = build_net(self.cfg.model.name, **self.cfg.model.kwargs)
+        source = getattr(self.cfg.model, "init_from", None)
+        if source:
+            _load_initial(net, source, self.cfg.model)
+            log.info("model initialised from %s", source)
+        return net
 
     def train_dataset(self, rank: int) -> SRTrainDataset:
         data = self.cfg.data
@@ -218,6 +288,9 @@ class SRTask(Task):
             metrics = dict(model_m)
             metrics.update({f"linear_{k}": base_m[k] for k in ("psnr", "ssim", "mae_hu_body")})
             metrics["psnr_gain"] = model_m["psnr"] - base_m["psnr"]
+            if len(self.cfg.val.sources) > 1:  # per-source copies (see prepare)
+                source = self.val_source_of[int(batch["index"][b]) % len(self.val_entries)]
+                metrics.update({f"{m}_val{source}": metrics[m] for m in _PER_SOURCE})
             out.append(metrics)
         return out
 

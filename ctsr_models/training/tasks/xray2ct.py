@@ -36,7 +36,7 @@ from ctsr_models.data.xray_pairs import (
 )
 from ctsr_models.io import InputError
 from ctsr_models.metrics import mae_body, psnr, ssim3d
-from ctsr_models.nets import build_net
+from ctsr_models.nets import NETS, build_net
 from ctsr_models.physics import hu_to_mu, project
 
 from ..config import ConfigError, TrainerConfig
@@ -84,6 +84,8 @@ class XrayLossConfig:
             of the truth, both views, at ``proj_px`` pixels.
         proj_px: detector pixels per side of the projection loss.
         step_mm: projector step along the rays (``None``: one output voxel).
+        points: voxels sampled per sample and step for point-decoder networks (``xray2ct_implicit``),
+            which are trained with the L1 term on those points only (no SSIM, no projection).
     """
 
     l1: float = 1.0
@@ -91,12 +93,15 @@ class XrayLossConfig:
     projection: float = 0.5
     proj_px: int = 64
     step_mm: float | None = None
+    points: int = 4096
 
     def __post_init__(self) -> None:
         if min(self.l1, self.ssim, self.projection) < 0 or self.l1 + self.ssim + self.projection <= 0:
             raise ValueError("loss weights must be >= 0 with a positive sum")
         if self.proj_px < 4 or (self.step_mm is not None and not self.step_mm > 0):
             raise ValueError("need proj_px >= 4 and step_mm > 0")
+        if self.points < 1:
+            raise ValueError(f"loss.points must be >= 1, got {self.points}")
 
 
 @dataclass
@@ -159,6 +164,34 @@ def project_ct_net(ct_net: torch.Tensor, geoms: torch.Tensor, setup: XraySetup, 
         gs = [g.resized((px, px)) if px else g for g in gs]
         views.append(project(mu, grid, gs, step_mm or setup.spacing))
     return normalize_xray_torch(torch.stack(views, dim=1))
+
+
+def sample_points(coords: torch.Tensor, target: torch.Tensor, n: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random voxels per sample (uniform, with replacement): their detector coordinates and values.
+
+    Args:
+        coords: ``(B, 2, S, S, S, 2)`` lifting coordinates at every voxel of the target.
+        target: ``(B, 1, S, S, S)``.
+
+    Returns:
+        ``(B, 2, n, 2)`` coordinates and ``(B, 1, n)`` target values of the same voxels.
+    """
+    b, views = coords.shape[:2]
+    flat_c = coords.reshape(b, views, -1, 2)
+    flat_t = target.reshape(b, 1, -1)
+    if flat_c.shape[2] != flat_t.shape[2]:
+        raise ValueError(f"coords {tuple(coords.shape)} and target {tuple(target.shape)} must cover the same voxels")
+    idx = torch.randint(flat_t.shape[2], (b, n), generator=generator, device="cpu").to(coords.device)
+    pts = torch.gather(flat_c, 2, idx[:, None, :, None].expand(b, views, n, 2))
+    return pts, torch.gather(flat_t, 2, idx[:, None, :])
+
+
+def point_loss(model: nn.Module, batch: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """L1 in the CT scale on ``n`` random voxels per sample (point-decoder networks)."""
+    pts, target = sample_points(batch["coords"], batch["target"], n)
+    pred = model(batch["frontal"], batch["lateral"], pts).float()
+    return (pred - target.float()).abs().mean()
 
 
 def _psnr_unit(a: np.ndarray, b: np.ndarray) -> float:
@@ -274,6 +307,8 @@ class XrayToCTTask(Task):
     # --------------------------------------------------------------------------- training
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         w = self.cfg.loss
+        if getattr(NETS[self.cfg.model.name], "point_decoder", False):
+            return point_loss(model, batch, w.points)
         pred = model(batch["frontal"], batch["lateral"], batch["coords"]).float()
         target = batch["target"].float()
         total = w.l1 * (pred - target).abs().mean()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from ctsr_models.inference.models import resolve_model
 from ctsr_models.io import Volume, read_volume
 
 from ..errors import NotFoundError, to_http
@@ -173,6 +174,14 @@ class VolumeInferTask(InferTask):
                                                     else ""))
             paths[spec.key] = Path(value)
         return paths
+
+
+def model_kinds(models: Sequence[str], task: str) -> dict[str, str]:
+    """Model name -> kind (``interpolation``, ``regression``, ``diffusion``) for the task's ``/info/`` entry.
+
+    Clients (the Slicer module) show the sampling options only for ``diffusion`` models.
+    """
+    return {name: resolve_model(name, task=task).kind.value for name in models}
 
 
 def session_files(folder: Path, specs: Sequence[InputSpec]) -> dict[str, Path]:

@@ -37,7 +37,7 @@ from ..errors import NotFoundError, ParamError, TooLargeError
 from ..output import UNCERTAINTY_PATH, UNCERTAINTY_TTL_S, keep_uncertainty
 from ..pacs import STORE_PARAM, Derivation, enhanced_derivation
 from ..params import Param
-from .base import InputSpec, VolumeInferTask
+from .base import InputSpec, VolumeInferTask, model_kinds
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class CTSuperResolution(VolumeInferTask):
     def info(self) -> dict[str, Any]:
         """The task entry, with the models and the default chosen at start-up."""
         return {**super().info(), "models": self.models, "default_model": self.default_model,
-                "model_descriptions": self.model_descriptions}
+                "model_descriptions": self.model_descriptions, "model_kinds": model_kinds(self.models, "sr")}
 
     def read_input(self, key: str, path: Path, params: Mapping[str, Any]) -> Volume:
         """Read the CT with the options ``ctsr-enhance`` takes from its command line."""

@@ -50,6 +50,8 @@ class XrayToCT(VolumeInferTask):
                   choices=DEVICES),
             Param("refine_steps", int, XrayOptions.refine_steps, "projection-consistency refinement steps "
                   "(0: off)", greater_than=-1, at_most=1000),
+            Param("output_size", int, None, "output voxels per axis over the model's field (models with a "
+                  "point decoder only; default: the model's own)", greater_than=15, at_most=512),
             Param("frontal_view", str, "pa", "view of the frontal image when its file does not say",
                   choices=("pa", "ap")),
             Param("sid", float, None, "source-to-detector distance (mm) when the files do not say",
@@ -91,7 +93,8 @@ class XrayToCT(VolumeInferTask):
 
     def run(self, volumes: Mapping[str, Any], params: Mapping[str, Any]) -> tuple[Volume, dict[str, Any]]:
         """Reconstruct from the pair with the chosen model and refinement."""
-        options = XrayOptions(model=params["model"], device=params["device"], refine_steps=params["refine_steps"])
+        options = XrayOptions(model=params["model"], device=params["device"], refine_steps=params["refine_steps"],
+                               output_size=params["output_size"])
         try:
             result = reconstruct(volumes["image"], volumes["label"], options)
         except PairError as exc:  # an impossible pair is a request the server cannot answer: 422

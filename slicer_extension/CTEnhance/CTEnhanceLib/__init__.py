@@ -19,5 +19,7 @@ Modules:
     * :mod:`~CTEnhanceLib.derived`: the tags of a result saved as a derived DICOM series.
     * :mod:`~CTEnhanceLib.stubserver`: a stand-in server with the real one's API, for the self-test.
     * :mod:`~CTEnhanceLib.layout`: the 2x3 comparison layout and which volume each view shows.
+    * :mod:`~CTEnhanceLib.overlay`: a diffusion result's uncertainty: where to fetch and keep it, its name,
+      its colour range, the views that show it, the AI-generated line.
     * :mod:`~CTEnhanceLib.geometry`: the output grid the server's super-resolution produces.
 """

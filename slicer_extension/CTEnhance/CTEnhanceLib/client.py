@@ -6,7 +6,10 @@ One call is one HTTP request on its own connection (standard library ``http.clie
 * :meth:`Client.infer` uploads the input file(s) as multipart form fields (``file``, ``label``) of
   ``POST /infer/<task>?output=image``, so the server never stores them in its datastore; waits for
   the answer; and streams the result into a temporary file beside the output, renamed into place
-  only when complete. :meth:`Client.enhance` is the same for the super-resolution task.
+  only when complete. :meth:`Client.enhance` is the same for the super-resolution task. When the
+  result JSON names an uncertainty volume (a diffusion model's, ``uncertainty.url``, served once),
+  it is fetched right after the result, in the same call, to ``<output stem>.uncertainty.nrrd``
+  (:mod:`CTEnhanceLib.overlay`); a failed fetch fails the call and leaves neither file.
 
 Timeouts are a pair (:class:`Timeouts`): ``connect`` bounds opening the connection (and the TLS
 handshake); ``read`` bounds every wait for the server, including the whole inference, since the
@@ -51,6 +54,7 @@ from urllib.parse import quote, urlsplit
 
 from .errors import (CANCELLED_MESSAGE, Cancelled, ClientError, ConnectionFailed, ServerError, TimedOut,
                      error_from_response)
+from .overlay import UNCERTAINTY_EXTENSION, uncertainty_path, uncertainty_url
 from .progress import Cancel, Progress, ProgressCallback, Reporter, Stage
 from .tasks import RESULT_EXTENSIONS, SR_TASK, UPLOAD_FIELDS, TaskInfo, image_tasks, result_extension
 from .transfer import MAX_ERROR_BYTES, Body, Download, PathLike, multipart, send, upload_files
@@ -93,6 +97,7 @@ class InferResult:
         server_filename: the file name the server gave (random; never a patient's).
         details: the server's result JSON (``X-CTSR-Result``: model, output geometry, timings,
             notes), empty when the server sent none.
+        uncertainty: the uncertainty file (float32 HU std, the result's grid), when the result has one.
     """
 
     path: Path
@@ -101,11 +106,15 @@ class InferResult:
     seconds: float
     server_filename: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    uncertainty: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able form (for the command line)."""
-        return {"output": str(self.path), "task": self.task, "size_bytes": self.size_bytes,
-                "seconds": round(self.seconds, 2), "server": self.details}
+        """JSON-able form (for the command line); ``uncertainty`` only when there is one."""
+        record = {"output": str(self.path), "task": self.task, "size_bytes": self.size_bytes,
+                  "seconds": round(self.seconds, 2), "server": self.details}
+        if self.uncertainty is not None:
+            record["uncertainty"] = str(self.uncertainty)
+        return record
 
 
 @dataclass(frozen=True)
@@ -272,7 +281,8 @@ class Client:
             cancel: lets another thread stop the call.
 
         Raises:
-            ClientError: (or a subclass) every failure, in one sentence; nothing is left at ``output``.
+            ClientError: (or a subclass) every failure, in one sentence; nothing is left at ``output``
+                (nor at its uncertainty file).
         """
         start = time.monotonic()
         output = Path(output)
@@ -292,11 +302,37 @@ class Client:
             sink = Download(output, extension)
             self._request("POST", f"/infer/{quote(task, safe='')}?output=image", cancel=cancel,
                           report=Reporter(progress), body=body, sink=sink)
+        uncertainty = self._fetch_uncertainty(sink.details, output, cancel, progress)
         Reporter(progress)(Stage.DONE)
         log.info("%s: result of %d bytes in %.1f s", task, sink.size, time.monotonic() - start)
         for note in sink.details.get("notes", ()):
             log.warning("%s: %s", task, note)
-        return InferResult(output, task, sink.size, time.monotonic() - start, sink.server_filename, sink.details)
+        return InferResult(output, task, sink.size, time.monotonic() - start, sink.server_filename, sink.details,
+                           uncertainty)
+
+    def _fetch_uncertainty(self, details: Mapping[str, Any], output: Path, cancel: Cancel,
+                           progress: ProgressCallback | None) -> Path | None:
+        """Download the uncertainty the result JSON names (once: the server hands it out once) beside
+        ``output``; ``None`` when there is none. On failure both files are removed.
+
+        Raises:
+            ClientError: the address is not a path on this server, or the download failed.
+        """
+        try:
+            url = uncertainty_url(details)
+            if url is None:
+                return None
+            path = uncertainty_path(output)
+            downloads = None if progress is None else _only_downloads(progress)
+            self._request("GET", url, cancel=cancel, report=Reporter(downloads),
+                          sink=Download(path, UNCERTAINTY_EXTENSION))
+            return path
+        except (ClientError, ValueError) as exc:
+            output.unlink(missing_ok=True)
+            if isinstance(exc, Cancelled):
+                raise
+            raise ClientError(f"The result came, but its uncertainty could not be fetched ({exc}); nothing was "
+                              "kept: run it again.") from exc
 
     def _connection(self) -> http.client.HTTPConnection:
         connection: _HTTPConnection | _HTTPSConnection
@@ -398,6 +434,14 @@ def _authorization(token: str | None) -> str | None:
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in token) or not token.isascii():
         raise ClientError("The API token must be one word of printable ASCII characters; check the token file.")
     return f"Bearer {token}"
+
+
+def _only_downloads(progress: ProgressCallback) -> ProgressCallback:
+    """``progress`` for the download stage only (the uncertainty's fetch continues the result's download)."""
+    def report(update: Progress) -> None:
+        if update.stage is Stage.DOWNLOAD:
+            progress(update)
+    return report
 
 
 def _timeout_error(url: str, stage: Stage, connect_s: float, read_s: float) -> TimedOut:

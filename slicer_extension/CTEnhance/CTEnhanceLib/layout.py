@@ -166,7 +166,14 @@ AI_LABEL = "AI-generated"
 """What every generated volume's name and DICOM series description say (DESIGN.md, safety)."""
 
 
-def result_name(input_name: str, xray: bool = False) -> str:
-    """The name of the result volume in the scene: ``<input> enhanced (AI-generated)``, or
-    ``<frontal> CT estimate (AI-generated)``."""
+DENOISED_LABEL = "AI-denoised"
+"""What a denoised volume's name says (the server's derived-series method for ``ct_denoise``)."""
+
+
+def result_name(input_name: str, xray: bool = False, denoised: bool = False, ai_generated: bool = False) -> str:
+    """The name of the result volume in the scene: ``<input> enhanced (AI-generated)``,
+    ``<frontal> CT estimate (AI-generated)``, or ``<input> (AI-denoised)`` (``<input> (AI-denoised,
+    AI-generated)`` when a diffusion denoiser added generated detail: ``ai_generated``)."""
+    if denoised:
+        return f"{input_name} ({DENOISED_LABEL}{', ' + AI_LABEL if ai_generated else ''})"
     return f"{input_name} {'CT estimate' if xray else 'enhanced'} ({AI_LABEL})"

@@ -14,7 +14,8 @@ on stdout.
   since the call began). Sent at each stage change, every 1 % of a transfer, and at least every
   ``--progress-interval`` seconds (default 5) while the server works.
 * result (last line, exit status 0): :meth:`~CTEnhanceLib.client.InferResult.as_dict`, which has
-  ``output``; for ``info``, the list of tasks (``dataclasses.asdict`` of each
+  ``output`` (and ``uncertainty``, the file fetched beside it, for a diffusion model's result); for
+  ``info``, the list of tasks (``dataclasses.asdict`` of each
   :class:`~CTEnhanceLib.tasks.TaskInfo`), read as ``{"tasks": [...]}``.
 * failure: exit status 2 and one line ``<prog>: error: <sentence>`` on stderr; 130 when interrupted.
 

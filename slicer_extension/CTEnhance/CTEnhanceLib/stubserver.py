@@ -3,13 +3,20 @@
 ``python -m CTEnhanceLib.stubserver [--port 0] [--token T]`` serves on 127.0.0.1 and prints one line,
 ``{"url": "http://127.0.0.1:PORT"}``, then answers until it is ended:
 
-* ``GET /info/`` and ``GET /health``: like the real server, with one task, ``ct_super_resolution``
-  (parameter ``target_spacing``; result ``.nrrd``).
+* ``GET /info/`` and ``GET /health``: like the real server, with two tasks, ``ct_super_resolution``
+  (parameters ``target_spacing``, ``model``, ``samples``, ``steps``; result ``.nrrd``) and
+  ``ct_denoise`` (``model``, ``samples``, ``steps``), each with a regression-like model and a
+  ``diffusion`` one (``model_kinds``).
 * ``POST /infer/ct_super_resolution?output=image`` with the multipart fields ``params`` and
   ``file`` (an uncompressed 3D int16 NRRD, as Slicer writes with compression off): answers an
   int16 NRRD on the grid :func:`~CTEnhanceLib.geometry.super_resolution_grid` predicts, each thin
   slice copied from the slab that contains its centre (nearest-slab upsampling), with the
-  ``X-CTSR-Result`` header. Anything else gets a 4xx ``{"detail": ...}``.
+  ``X-CTSR-Result`` header. ``POST /infer/ct_denoise`` answers the upload itself (same grid).
+  With a diffusion model the result JSON says ``ai_generated`` and names an uncertainty volume
+  (float32, the result's grid: per slice, its distance in mm from the centre of its slab; 0 for
+  denoising) at ``uncertainty.url``, ``GET /ctsr/result/<id>/uncertainty``, handed out once, as the
+  real server does. ``samples``/``steps`` with another model, or out of bounds, are refused (422), and
+  anything else the stub cannot do gets a 4xx ``{"detail": ...}``.
 * With ``--token``, every request must carry ``Authorization: Bearer <token>`` (else 401).
 
 The Slicer module's self-test runs it so that Reload and Test passes with no real server; it is
@@ -22,23 +29,41 @@ import json
 import logging
 import math
 import re
+import secrets
+import struct
+import threading
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 from .geometry import Grid, super_resolution_grid
-from .tasks import SR_TASK
+from .tasks import DENOISE_TASK, DIFFUSION_KIND, SR_TASK
 from .transfer import RESULT_HEADER
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 INT16_TYPES = {"short", "int16", "signed short", "int16_t", "short int", "signed short int"}
+SAMPLING = {"samples": {"type": "integer", "default": None, "exclusive_minimum": 0, "maximum": 16},
+            "steps": {"type": "integer", "default": None, "exclusive_minimum": 0, "maximum": 50}}
+MODEL_KINDS = {SR_TASK: {"stub": "interpolation", "stub_diffusion": DIFFUSION_KIND},
+               DENOISE_TASK: {"stub_denoise": "regression", "stub_denoise_diffusion": DIFFUSION_KIND}}
+UNCERTAINTY_ROUTE = re.compile(r"/ctsr/result/([^/]*)/uncertainty")
+
+
+def _task_info(task: str, description: str, params: dict[str, Any]) -> dict[str, Any]:
+    models = list(MODEL_KINDS[task])
+    return {"type": "others", "dimension": 3, "description": description,
+            "params": {**params, "model": {"type": "string", "default": models[0], "choices": models}, **SAMPLING},
+            "inputs": {"image": "a CT volume"}, "output": {"extensions": [".nrrd"]}, "models": models,
+            "default_model": models[0], "model_kinds": MODEL_KINDS[task]}
+
+
 INFO = {"name": "CT Enhance stub server", "version": "stub",
-        "models": {SR_TASK: {"type": "others", "dimension": 3,
-                             "description": "stub: nearest-slab through-plane upsampling (self-test only)",
-                             "params": {"target_spacing": {"type": "number", "default": 1.0}},
-                             "inputs": {"image": "a CT volume"}, "output": {"extensions": [".nrrd"]}}}}
+        "models": {SR_TASK: _task_info(SR_TASK, "stub: nearest-slab through-plane upsampling (self-test only)",
+                                       {"target_spacing": {"type": "number", "default": 1.0}}),
+                   DENOISE_TASK: _task_info(DENOISE_TASK, "stub: returns the input (self-test only)", {})}}
 
 
 class StubError(Exception):
@@ -112,6 +137,50 @@ def enhance_nrrd(data: bytes, target_spacing: float) -> tuple[bytes, Grid]:
     return header.encode("latin-1") + body, out
 
 
+def uncertainty_nrrd(grid: Grid, slice_values: list[float], space: str) -> bytes:
+    """A float32 NRRD on ``grid`` whose slice ``k`` holds ``slice_values[k]`` everywhere."""
+    plane = grid.size[0] * grid.size[1]
+    body = b"".join(struct.pack("<f", value) * plane for value in slice_values)
+    directions = " ".join("(" + ",".join(f"{x * s:.17g}" for x in axis) + ")"
+                          for axis, s in zip(grid.axes, grid.spacing))
+    header = (f"NRRD0004\ntype: float\ndimension: 3\nspace: {space}\nsizes: {' '.join(map(str, grid.size))}\n"
+              f"space directions: {directions}\nkinds: domain domain domain\nendian: little\nencoding: raw\n"
+              f"space origin: ({','.join(f'{x:.17g}' for x in grid.origin)})\n\n")
+    return header.encode("latin-1") + body
+
+
+def slab_distances(thick: Grid, thin: Grid) -> list[float]:
+    """For each output slice, the distance in mm from its centre to the centre of the slab it lies in."""
+    slab = thick.spacing[2]
+    distances = []
+    for k in range(thin.size[2]):
+        position = (k + 0.5) * thin.spacing[2]
+        distances.append(abs(position - (min(thick.size[2] - 1, int(position // slab)) + 0.5) * slab))
+    return distances
+
+
+def sampling(task: str, params: Mapping[str, Any]) -> tuple[str, dict[str, int]]:
+    """The model and the sampling values of a request, checked as the real server checks them.
+
+    Raises:
+        StubError: an unknown model (404), or sampling values out of bounds or for another model (422).
+    """
+    model = params.get("model") or next(iter(MODEL_KINDS[task]))
+    if model not in MODEL_KINDS[task]:
+        raise StubError(404, f"unknown model {model!r}; available: {', '.join(MODEL_KINDS[task])}")
+    values = {}
+    for name, entry in SAMPLING.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= entry["maximum"]:
+            raise StubError(422, f"{name} must be a whole number from 1 to {entry['maximum']}; got {value!r}")
+        if MODEL_KINDS[task][model] != DIFFUSION_KIND:
+            raise StubError(422, f"{name} applies to diffusion models only, not to {model!r}")
+        values[name] = value
+    return model, values
+
+
 def multipart_fields(content_type: str, body: bytes) -> dict[str, bytes]:
     """Form field name -> its bytes, from a ``multipart/form-data`` body.
 
@@ -172,7 +241,17 @@ class StubHandler(BaseHTTPRequestHandler):
         if path in ("/info", "/info/"):
             return 200, json.dumps(INFO).encode(), {}
         if path == "/health":
-            return 200, json.dumps({"status": "ok", "tasks": [SR_TASK]}).encode(), {}
+            return 200, json.dumps({"status": "ok", "tasks": list(INFO["models"])}).encode(), {}
+        route = UNCERTAINTY_ROUTE.fullmatch(path)
+        if route:
+            if not re.fullmatch(r"[0-9a-f]{32}", route.group(1)):
+                raise StubError(400, "a result id is 32 hex characters (0-9, a-f)")
+            with self.server.lock:  # type: ignore[attr-defined]
+                body = self.server.kept.pop(route.group(1), None)  # type: ignore[attr-defined]
+            if body is None:
+                raise StubError(404, "no uncertainty is kept under this result id: it was fetched already")
+            return 200, body, {"Content-Type": "application/octet-stream",
+                               "Content-Disposition": f'attachment; filename="uncertainty_{route.group(1)}.nrrd"'}
         raise StubError(404, f"No such address on this server: {path}")
 
     def _post(self, path: str) -> tuple[int, bytes, dict[str, str]]:
@@ -180,7 +259,8 @@ class StubHandler(BaseHTTPRequestHandler):
         if length > MAX_UPLOAD_BYTES:
             raise StubError(413, "The upload is too large for the stub server.")
         body = self.rfile.read(length)
-        if path.rstrip("/") != f"/infer/{SR_TASK}":
+        task = path.rstrip("/").removeprefix("/infer/")
+        if task not in MODEL_KINDS:
             raise StubError(404, f"No such task on this server: {path}")
         fields = multipart_fields(self.headers.get("Content-Type", ""), body)
         try:
@@ -190,18 +270,39 @@ class StubHandler(BaseHTTPRequestHandler):
             raise StubError(422, "params must be a JSON object with a numeric target_spacing.") from None
         if "file" not in fields:
             raise StubError(422, "Upload the CT in the form field 'file'.")
-        result, grid = enhance_nrrd(fields["file"], target)
-        details = {"task": SR_TASK, "model": "stub", "ai_generated": True,
+        model, values = sampling(task, params)
+        header, _ = parse_nrrd(fields["file"])
+        thick = nrrd_grid(header)
+        if task == SR_TASK:
+            result, grid = enhance_nrrd(fields["file"], target)
+        else:
+            result, grid = fields["file"], thick
+        details = {"task": task, "model": model, "ai_generated": task == SR_TASK,
                    "output": {"size": list(grid.size), "spacing": list(grid.spacing)}, "notes": []}
+        if MODEL_KINDS[task][model] == DIFFUSION_KIND:
+            per_slice = slab_distances(thick, grid) if task == SR_TASK else [0.0] * grid.size[2]
+            space = header.get("space", "left-posterior-superior")
+            details.update(self._keep(uncertainty_nrrd(grid, per_slice, space)), ai_generated=True,
+                           diffusion={"samples": values.get("samples", 2), "steps": values.get("steps", 2)})
         return 200, result, {"Content-Type": "application/octet-stream",
                              "Content-Disposition": 'attachment; filename="result.nrrd"',
                              RESULT_HEADER: json.dumps(details)}
+
+    def _keep(self, uncertainty: bytes) -> dict[str, Any]:
+        """Keep an uncertainty volume for one fetch; its result JSON entry."""
+        result_id = secrets.token_hex(16)
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.kept[result_id] = uncertainty  # type: ignore[attr-defined]
+        return {"uncertainty": {"result_id": result_id, "url": f"/ctsr/result/{result_id}/uncertainty",
+                                "unit": "HU", "dtype": "float32"}}
 
 
 def start(port: int = 0, token: str = "") -> ThreadingHTTPServer:
     """A stub server bound to 127.0.0.1:``port`` (0: a free one); call ``serve_forever()`` on it."""
     server = ThreadingHTTPServer(("127.0.0.1", port), StubHandler)
     server.token = token  # type: ignore[attr-defined]
+    server.kept = {}  # type: ignore[attr-defined]  # result id -> uncertainty NRRD, until fetched once
+    server.lock = threading.Lock()  # type: ignore[attr-defined]
     return server
 
 

@@ -5,6 +5,12 @@ and an ``output`` entry naming the file ``extensions`` they can write: that pair
 result is an image (segmentation tasks return label maps and have no ``output``). A task's
 ``inputs`` say which images it takes: ``image`` alone (a CT), or ``image`` and ``label`` (a frontal
 and a lateral X-ray, uploaded as the form fields ``file`` and ``label``).
+
+A model's kind (``interpolation``, ``regression``, ``diffusion``) decides whether the sampling
+parameters ``samples`` and ``steps`` apply and whether the result comes with an uncertainty volume.
+The task entry's ``model_kinds`` (model name -> kind) says it; a server that does not send it (CT
+Enhance's server before ``model_kinds``) is read from its ``model_descriptions``: a model whose
+description names diffusion counts as one (:meth:`TaskInfo.model_kind`).
 """
 from __future__ import annotations
 
@@ -14,6 +20,22 @@ from typing import Any
 
 SR_TASK = "ct_super_resolution"
 """The through-plane super-resolution task of CT Enhance's MONAI Label app."""
+
+DENOISE_TASK = "ct_denoise"
+"""The low-dose denoising task of CT Enhance's MONAI Label app."""
+
+DIFFUSION_KIND = "diffusion"
+"""The model kind whose results are sampled (``samples``, ``steps``, ``seed``) and carry an uncertainty."""
+
+SAMPLING_PARAMS = ("samples", "steps")
+"""The sampling parameters the panel offers for a diffusion model (``seed`` stays the server's default)."""
+
+ACTION_LABELS = {SR_TASK: "Enhance", DENOISE_TASK: "Denoise (low dose)"}
+"""The panel's run button for a task (other tasks: ``Run``)."""
+
+TASK_LABELS = {SR_TASK: "Enhance (super-resolution)", DENOISE_TASK: "Denoise (low dose)",
+               "xray_to_ct": "CT from two X-rays"}
+"""The task list's entries (other tasks: their name)."""
 
 UPLOAD_FIELDS = {"image": "file", "label": "label"}
 """Task input key -> multipart form field of ``POST /infer/<task>``."""
@@ -34,6 +56,9 @@ class TaskInfo:
         models: model names the task offers (empty when it has no ``model`` parameter).
         default_model: the model used when none is asked for.
         extensions: result file types the task writes.
+        model_kinds: model name -> kind (``interpolation``, ``regression``, ``diffusion``), when the
+            server says.
+        model_descriptions: model name -> one line from the server.
     """
 
     name: str
@@ -43,6 +68,58 @@ class TaskInfo:
     models: tuple[str, ...] = ()
     default_model: str = ""
     extensions: tuple[str, ...] = RESULT_EXTENSIONS
+    model_kinds: dict[str, str] = field(default_factory=dict)
+    model_descriptions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The task's entry in the panel's task list, e.g. ``Denoise (low dose)``."""
+        return TASK_LABELS.get(self.name, self.name)
+
+    @property
+    def action(self) -> str:
+        """The text of the panel's run button for this task, e.g. ``Enhance``."""
+        return ACTION_LABELS.get(self.name, "Run")
+
+    def model_kind(self, model: str | None) -> str:
+        """The kind of ``model`` (``None``: the default model): the server's ``model_kinds`` entry; without
+        one, ``diffusion`` when its description names diffusion; else ``""`` (not known)."""
+        name = model or self.default_model or str(self.default("model") or "")
+        if name in self.model_kinds:
+            return self.model_kinds[name]
+        return DIFFUSION_KIND if DIFFUSION_KIND in self.model_descriptions.get(name, "").lower() else ""
+
+    def samples_model(self, model: str | None) -> bool:
+        """Whether ``model`` is a diffusion model of a task that takes the sampling parameters."""
+        return self.model_kind(model) == DIFFUSION_KIND and all(p in self.params for p in SAMPLING_PARAMS)
+
+    def bounds(self, param: str) -> tuple[int, int]:
+        """The smallest and largest whole value the server accepts for ``param`` (from ``/info/``'s
+        ``exclusive_minimum``/``minimum`` and ``maximum``); ``(1, 1)`` when it says nothing.
+
+        Raises:
+            KeyError: the task has no such parameter.
+        """
+        entry = self.params[param]
+        low = entry.get("minimum", entry["exclusive_minimum"] + 1 if "exclusive_minimum" in entry else 1)
+        high = entry.get("maximum", low)
+        return int(low), int(high)
+
+    def sampling_params(self, model: str | None, samples: int | None, steps: int | None) -> dict[str, int]:
+        """The sampling values of a request: ``samples`` and ``steps`` when ``model`` is a diffusion model
+        and they are set (``None``: the model's own default); nothing for another model.
+
+        Raises:
+            ValueError: a value outside the server's bounds.
+        """
+        if not self.samples_model(model):
+            return {}
+        values = {"samples": samples, "steps": steps}
+        for name, value in values.items():
+            low, high = self.bounds(name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"{name} must be from {low} to {high}, not {value}")
+        return {k: int(v) for k, v in values.items() if v is not None}
 
     @property
     def takes_xray_pair(self) -> bool:
@@ -103,7 +180,14 @@ class TaskInfo:
                    params={str(k): dict(v) for k, v in params.items() if isinstance(v, Mapping)},
                    models=tuple(str(m) for m in entry.get("models", ()) or ()),
                    default_model=str(entry.get("default_model", "")),
-                   extensions=tuple(str(e) for e in output["extensions"]))
+                   extensions=tuple(str(e) for e in output["extensions"]),
+                   model_kinds=_strings(entry.get("model_kinds")),
+                   model_descriptions=_strings(entry.get("model_descriptions")))
+
+
+def _strings(value: Any) -> dict[str, str]:
+    """A JSON object of strings as a ``dict[str, str]`` (empty when it is not an object)."""
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, Mapping) else {}
 
 
 def image_tasks(info: Mapping[str, Any]) -> list[TaskInfo]:
@@ -126,7 +210,9 @@ def tasks_from_records(records: list[Mapping[str, Any]]) -> list[TaskInfo]:
                                   inputs=dict(record.get("inputs") or {}), params=dict(record.get("params") or {}),
                                   models=tuple(record.get("models") or ()),
                                   default_model=str(record.get("default_model", "")),
-                                  extensions=tuple(record.get("extensions") or RESULT_EXTENSIONS)))
+                                  extensions=tuple(record.get("extensions") or RESULT_EXTENSIONS),
+                                  model_kinds=_strings(record.get("model_kinds")),
+                                  model_descriptions=_strings(record.get("model_descriptions"))))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a task record: {record!r}") from exc
     return tasks

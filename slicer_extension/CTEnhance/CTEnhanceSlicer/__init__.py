@@ -6,4 +6,6 @@ Modules:
     * :mod:`~CTEnhanceSlicer.scene`: inputs written for upload, the result loaded under the input's study,
       the result saved as a derived DICOM series.
     * :mod:`~CTEnhanceSlicer.views`: the comparison and X-ray result layouts.
+    * :mod:`~CTEnhanceSlicer.uncertainty`: a diffusion result's uncertainty loaded beside it and shown over
+      the result views.
 """

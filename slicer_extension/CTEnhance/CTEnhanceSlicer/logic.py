@@ -4,7 +4,9 @@ Network work runs in the terminal client as a child process (:mod:`CTEnhanceSlic
 never on a Python thread of Slicer (PythonQt keeps the GIL on the GUI thread while idle, which
 would starve it). Everything that touches the scene runs on the calling (GUI) thread:
 :meth:`EnhanceLogic.startEnhance` writes the inputs, :meth:`~EnhanceLogic.finishEnhance` loads the
-result under the input's study, :meth:`~EnhanceLogic.showResult` sets up the views.
+result (and a diffusion result's uncertainty) under the input's study, :meth:`~EnhanceLogic.showResult`
+sets up the views and the uncertainty overlay. Every task runs this way: super-resolution
+(``<input> enhanced (AI-generated)``), denoising (``<input> (AI-denoised)``) and X-ray → CT.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
+from CTEnhanceLib import layout, overlay
 from CTEnhanceLib.client import parse_server_url
 from CTEnhanceLib.process import enhance_command, info_command
-from CTEnhanceLib.tasks import SR_TASK
-from CTEnhanceSlicer import scene
+from CTEnhanceLib.tasks import DENOISE_TASK, SR_TASK
+from CTEnhanceSlicer import scene, uncertainty
 from CTEnhanceSlicer.qtprocess import QtClientProcess
 from CTEnhanceSlicer.views import ResultViews
 
@@ -57,6 +60,9 @@ class EnhanceLogic(ScriptedLoadableModuleLogic, ResultViews):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         ResultViews.__init__(self)
+        self.uncertaintyShown = True
+        self.uncertaintyOpacity = overlay.DEFAULT_OPACITY
+        self._shownResultId: str | None = None
 
     @staticmethod
     def startConnect(serverUrl: str, token: str = "") -> QtClientProcess:
@@ -94,8 +100,9 @@ class EnhanceLogic(ScriptedLoadableModuleLogic, ResultViews):
         return EnhanceRun(process, {key: node.GetID() for key, node in inputs.items()}, folder, output, task)
 
     def finishEnhance(self, run: EnhanceRun) -> vtkMRMLScalarVolumeNode:
-        """Load an ended run's result as ``<input> enhanced (AI-generated)`` under the input's study; always
-        removes its temporary folder.
+        """Load an ended run's result as ``<input> enhanced (AI-generated)`` (denoising: ``<input>
+        (AI-denoised)``) under the input's study, and its uncertainty, when it has one, beside it (both or
+        neither); always removes its temporary folder.
 
         Raises:
             ClientError: the request failed (:class:`~CTEnhanceLib.errors.Cancelled` when cancelled).
@@ -107,9 +114,17 @@ class EnhanceLogic(ScriptedLoadableModuleLogic, ResultViews):
             if reference is None:
                 raise RuntimeError(_("The input volume left the scene while it was being enhanced; the result "
                                      "was discarded."))
-            node = scene.loadResult(run.output, reference, xray="label" in run.inputNodeIds,
-                                    details=json.dumps(record.get("server", {})))
+            details, xray = record.get("server", {}), "label" in run.inputNodeIds
+            name = layout.result_name(reference.GetName(), xray=xray, denoised=run.task == DENOISE_TASK,
+                                      ai_generated=details.get("ai_generated") is True)
+            node = scene.loadResult(run.output, reference, xray=xray, details=json.dumps(details), name=name)
             node.SetAttribute(INPUT_ATTRIBUTE, reference.GetID())
+            if record.get("uncertainty"):
+                try:
+                    uncertainty.loadUncertainty(record["uncertainty"], reference, node)
+                except Exception:
+                    slicer.mrmlScene.RemoveNode(node)
+                    raise
             return node
         finally:
             shutil.rmtree(run.folder, ignore_errors=True)
@@ -132,8 +147,23 @@ class EnhanceLogic(ScriptedLoadableModuleLogic, ResultViews):
         nodes = {key: slicer.mrmlScene.GetNodeByID(nodeId) for key, nodeId in run.inputNodeIds.items()}
         if "label" in nodes:
             self.showXrayResult(nodes["image"], nodes["label"], result)
-        else:
-            self.showComparison(nodes["image"], result)
+            self._shownResultId = None
+            return
+        self.showComparison(nodes["image"], result)
+        self._shownResultId = result.GetID()
+        self.setUncertaintyDisplay(self.uncertaintyShown, self.uncertaintyOpacity)
+
+    def setUncertaintyDisplay(self, shown: bool, opacity: float) -> None:
+        """Show or hide the uncertainty overlay of the result in the comparison views, at ``opacity`` (0..1)."""
+        self.uncertaintyShown, self.uncertaintyOpacity = bool(shown), float(opacity)
+        result = slicer.mrmlScene.GetNodeByID(self._shownResultId) if self._shownResultId else None
+        if result is not None and self.comparisonShown():
+            uncertainty.showOverlay(result, self.uncertaintyShown, self.uncertaintyOpacity)
+
+    @staticmethod
+    def uncertaintyOf(result: vtkMRMLScalarVolumeNode | None) -> vtkMRMLScalarVolumeNode | None:
+        """The uncertainty volume of ``result``, if it has one."""
+        return uncertainty.uncertaintyOf(result)
 
     @staticmethod
     def inputOf(result: vtkMRMLScalarVolumeNode | None) -> vtkMRMLScalarVolumeNode | None:

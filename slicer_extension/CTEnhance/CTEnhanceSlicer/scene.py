@@ -53,11 +53,12 @@ def dicomSourceFile(node: vtkMRMLScalarVolumeNode, path: str) -> str | None:
 
 
 def loadResult(path: str, reference: vtkMRMLScalarVolumeNode, xray: bool = False,
-               details: str = "") -> vtkMRMLScalarVolumeNode:
-    """Load ``path`` as a new volume named ``<input> enhanced (AI-generated)`` beside ``reference``: under its
-    transform and its study in the subject hierarchy, with its display (a CT estimated from X-rays gets
-    a CT window instead of the radiograph's). ``details``: the server's result JSON, kept as an attribute."""
-    name = layout.result_name(reference.GetName(), xray=xray)
+               details: str = "", name: str = "") -> vtkMRMLScalarVolumeNode:
+    """Load ``path`` as a new volume named ``name`` (default ``<input> enhanced (AI-generated)``) beside
+    ``reference``: under its transform and its study in the subject hierarchy, with its display (a CT
+    estimated from X-rays gets a CT window instead of the radiograph's). ``details``: the server's result
+    JSON, kept as an attribute."""
+    name = name or layout.result_name(reference.GetName(), xray=xray)
     node = slicer.util.loadVolume(path, {"name": name, "show": False, "singleFile": True})
     try:
         node.SetName(name)

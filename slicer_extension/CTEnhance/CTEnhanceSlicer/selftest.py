@@ -5,8 +5,11 @@ layouts, that a failed request leaves the scene alone, and the real click path o
 against :mod:`CTEnhanceLib.stubserver` run as a child process: Connect → Enhance (Enhance
 disabled while it runs) → the result loaded as ``<input> enhanced (AI-generated)`` on the
 predicted grid, under the input's study → the comparison layout (each row its own view group,
-slice intersections on) → Enhance enabled again. No real server is needed; when one answers at
-``CTENHANCE_SERVER_URL`` it is used too (see docs/slicer.md).
+slice intersections on) → Enhance enabled again; then the stub's diffusion model (Samples and Steps
+shown; the result and its uncertainty loaded, the uncertainty over the result views only, with the
+AI-generated line; the toggle takes it off) and the Denoise (low dose) task (``<input> (AI-denoised,
+AI-generated)`` on the input's grid, same layout and overlay). No real server is needed; when one
+answers at ``CTENHANCE_SERVER_URL`` it is used too (see docs/slicer.md).
 """
 from __future__ import annotations
 
@@ -19,15 +22,18 @@ import slicer
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
-from CTEnhanceLib import layout
+from CTEnhanceLib import layout, overlay
 from CTEnhanceLib.client import Client, ClientError, Timeouts
 from CTEnhanceLib.geometry import super_resolution_grid
 from CTEnhanceLib.process import client_environment, python_executable
-from CTEnhanceLib.tasks import SR_TASK
+from CTEnhanceLib.tasks import DENOISE_TASK, SR_TASK
+from CTEnhanceSlicer import uncertainty
 from CTEnhanceSlicer.logic import EnhanceLogic
-from CTEnhanceSlicer.scene import volumeGrid
+from CTEnhanceSlicer.scene import RESULT_ATTRIBUTE, volumeGrid
 
 WAIT_S = 60.0
+STUB_DIFFUSION = {SR_TASK: "stub_diffusion", DENOISE_TASK: "stub_denoise_diffusion"}
+"""The stub server's diffusion model of each task (``CTEnhanceLib.stubserver``)."""
 SETTINGS = ("CTEnhance/ServerURL", "CTEnhance/ServerToken")
 """The module's remembered settings (``CTEnhance.py``), restored after the click-path test."""
 
@@ -119,7 +125,7 @@ class CTEnhanceTest(ScriptedLoadableModuleTest):
         widget.ui.serverUrlLineEdit.text = url
         widget.ui.connectButton.click()
         self._waitUntil(lambda: widget._process is None, "Connect")
-        self.assertEqual(widget.ui.taskComboBox.currentText, SR_TASK, widget.ui.errorLabel.text)
+        self.assertEqual(widget._currentTask().name, SR_TASK, widget.ui.errorLabel.text)
         node = widget._parameterNode
         node.serverUrl, node.inputVolume, node.targetSpacing = url, volume, 1.0
         self.assertTrue(widget.ui.enhanceButton.enabled, widget.ui.enhanceButton.toolTip)
@@ -137,6 +143,60 @@ class CTEnhanceTest(ScriptedLoadableModuleTest):
                          shNode.GetItemParent(shNode.GetItemByDataNode(volume)))
         self.assertComparison(volume, enhanced)
         self.assertTrue(widget.ui.enhanceButton.enabled, "Enhance must be enabled once the result is shown")
+        self._clickDiffusion(widget, volume, SR_TASK)
+        self._clickDiffusion(widget, volume, DENOISE_TASK)
+
+    def _clickDiffusion(self, widget, volume, task: str) -> None:
+        """Pick ``task`` and its stub diffusion model: Samples and Steps appear; the run loads the result and its
+        uncertainty beside the input, overlaid on the result views only; the toggle takes the overlay off."""
+        widget.ui.taskComboBox.currentIndex = [t.name for t in widget._tasks].index(task)
+        self.assertEqual(widget.ui.enhanceButton.text, widget._currentTask().action)
+        models = [widget.ui.modelComboBox.itemText(i) for i in range(widget.ui.modelComboBox.count)]
+        widget.ui.modelComboBox.currentIndex = models.index(STUB_DIFFUSION[task])
+        self.assertFalse(widget.ui.samplesSpinBox.isHidden(), "Samples must be offered for a diffusion model")
+        self.assertEqual(widget.ui.samplesSpinBox.maximum, 16)
+        widget.ui.samplesSpinBox.value, widget.ui.stepsSpinBox.value = 2, 1
+        widget.ui.showUncertaintyCheckBox.checked = True
+        widget.ui.enhanceButton.click()
+        self._waitUntil(lambda: widget._process is None and not widget._flow.busy, task)
+        self.assertEqual(widget.ui.errorLabel.text, "")
+        result = widget._parameterNode.enhancedVolume
+        details = json.loads(result.GetAttribute(RESULT_ATTRIBUTE))
+        self.assertEqual(details["diffusion"], {"samples": 2, "steps": 1})
+        denoised = task == DENOISE_TASK
+        self.assertEqual(result.GetName(), layout.result_name(volume.GetName(), denoised=denoised, ai_generated=True))
+        if denoised:
+            self.assertSameGrid(volume, result)
+        else:
+            self.assertGrid(volume, result, 1.0)
+        shown = uncertainty.uncertaintyOf(result)
+        self.assertIsNotNone(shown, "the uncertainty must be loaded with a diffusion result")
+        self.assertEqual(shown.GetName(), overlay.uncertainty_name(volume.GetName()))
+        self.assertSameGrid(result, shown)
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(shown)),
+                         shNode.GetItemParent(shNode.GetItemByDataNode(volume)))
+        self.assertComparison(volume, result)
+        self.assertOverlay(result, shown, True, widget.ui.uncertaintyOpacitySlider.value)
+        widget.ui.showUncertaintyCheckBox.checked = False
+        self.assertOverlay(result, shown, False, 0.0)
+        widget.ui.showUncertaintyCheckBox.checked = True
+        widget.ui.uncertaintyOpacitySlider.value = 0.7
+        self.assertOverlay(result, shown, True, 0.7)
+
+    def assertOverlay(self, result, shown, visible: bool, opacity: float) -> None:
+        """The uncertainty is the foreground of the result views only (when ``visible``), at ``opacity``, with
+        the AI-generated line on the result views."""
+        layoutManager = slicer.app.layoutManager()
+        plan = overlay.overlay_plan(result.GetID(), shown.GetID(), visible)
+        for view in layout.VIEWS:
+            composite = layoutManager.sliceWidget(view.tag).mrmlSliceCompositeNode()
+            self.assertEqual(composite.GetForegroundVolumeID(), plan[view.tag], view.tag)
+            if plan[view.tag]:
+                self.assertAlmostEqual(composite.GetForegroundOpacity(), opacity, places=3)
+            if view.row in overlay.RESULT_ROWS:
+                self.assertEqual(uncertainty.bannerText(view.tag),
+                                 overlay.BANNER_SHOWN if visible else overlay.BANNER_HIDDEN)
 
     def test_enhance_on_server(self) -> None:
         """A real server, when ``CTENHANCE_SERVER_URL`` names one (skipped otherwise)."""
@@ -166,6 +226,14 @@ class CTEnhanceTest(ScriptedLoadableModuleTest):
         for name in ("spacing", "origin"):
             np.testing.assert_allclose(getattr(actual, name), getattr(expected, name), atol=1e-3)
         np.testing.assert_allclose(actual.axes, expected.axes, atol=1e-6)
+
+    def assertSameGrid(self, reference, volume) -> None:
+        import numpy as np
+
+        expected, actual = volumeGrid(reference), volumeGrid(volume)
+        self.assertEqual(actual.size, expected.size)
+        for name in ("spacing", "origin", "axes"):
+            np.testing.assert_allclose(getattr(actual, name), getattr(expected, name), atol=1e-4)
 
     def assertComparison(self, original, enhanced) -> None:
         """Six linked views, each row its own view group, original on top, enhanced below, same
