@@ -237,7 +237,9 @@ def markdown(results: list[dict], real: list[dict], env: dict, command: str, mod
     """The ``sr_benchmark`` section of docs/benchmarks.md."""
     lines = ["## Through-plane super-resolution (`benchmarks/sr_benchmark.py`)", "",
              f"Command: `{command}`  ", f"Machine: {env['machine']}; torch {env['torch']}; device {env['device']}; "
-             f"1-minute load average at the end {env['load']:.1f}; wall time of the run {env['minutes']:.0f} min.", "",
+             f"1-minute load average at the end {env['load']:.1f}; " + (
+                 f"wall time of the run {env['minutes']:.0f} min." if env['minutes'] >= 1 else
+                 "rows from earlier runs (each row's seconds are its own)."), "",
              "Held-out real CT, thick inputs simulated with slab thickness = spacing = k x the truth's spacing (rect "
              "or Gaussian FWHM), enhanced back to the truth's spacing with the true profile given, scored on the truth "
              "grid over the truth slices inside the thick stack less one slab at each end. HU clipped to [-1024, 3071] "
