@@ -310,7 +310,8 @@ def targets(results: list[dict], real: list[dict], models: list[str]) -> list[st
     if not models:
         return ["No model ran: targets not evaluated."]
     model = models[-1]
-    lines = [f"**Targets of issue 15** (new default = `{model}`, the last of `--models`):", ""]
+    lines = [f"**Targets of issue 15** (candidate = `{model}`, the last of `--models`; the shipped default "
+             "changes only if the candidate beats it on every case):", ""]
     gains, dcs, ahead, profile = [], [], [], []
     for res in results:
         by = {r["method"]: r for r in res["rows"] if "psnr" in r}
@@ -419,6 +420,7 @@ def main() -> None:
                f"--eclare-patches {args.eclare_patches} --device {args.device}"
                + (" --eclare-python ECLARE_PYTHON" if args.eclare_python else "")
                + (f" --cases {args.cases}" if args.cases else "") + (" --quick" if args.quick else "")
+               + (" --real" if args.real else "") + (" --resume" if args.resume and not args.report_only else "")
                + (" --resume` (rows saved in --work by earlier runs), then `--report-only" if args.report_only else ""))
     write_section("sr_benchmark", markdown(results, real, env, command, models, notes), args.out / "benchmarks.md")
     (args.work / "results.json").write_text(json.dumps({"results": results, "real": real}, default=float) + "\n")
