@@ -13,15 +13,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ctsr_models.inference import DEVICES, ModelKind
+from ctsr_models.inference import DEVICES
 from ctsr_models.inference.denoise import TASK
 from ctsr_models.inference.ldm_denoise import LDMDenoiseOptions, denoise_detailed
-from ctsr_models.inference.models import available_models, resolve_model
-from ctsr_models.io import InputError, read_volume, write_volume
+from ctsr_models.inference.models import available_models
+from ctsr_models.io import read_volume, write_volume
 
 from .common import (add_common_args, add_read_args, add_write_args, check_output_path, print_json, read_options,
                      refuse_same_path, run_cli)
-from .enhance import add_diffusion_args
+from .enhance import add_diffusion_args, check_diffusion_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,30 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_diffusion_args(args: argparse.Namespace) -> str:
-    """Resolve the model (an unknown one fails before the input is read), refuse diffusion options for a
-    regression model, and check STD_OUT before any work; return the model's name.
-
-    Raises:
-        InputError: one line naming the option.
-    """
-    spec = resolve_model(args.model, task=TASK)
-    given = [name for name in ("steps", "samples", "seed", "uncertainty") if getattr(args, name) is not None]
-    if given and spec.kind is not ModelKind.DIFFUSION:
-        raise InputError(f"--{given[0]} applies to diffusion models only (--model diffusion or a diffusion "
-                         f"model's name), not to {args.model!r}")
-    if args.uncertainty is not None:
-        refuse_same_path(args.input, args.uncertainty)
-        if Path(args.uncertainty).resolve() == Path(args.output).resolve():
-            raise InputError("--uncertainty must name another file than OUT")
-        check_output_path(args.uncertainty, overwrite=args.overwrite)
-    return spec.name
-
-
 def run(args: argparse.Namespace) -> int:
     refuse_same_path(args.input, args.output)
     check_output_path(args.output, overwrite=args.overwrite)
-    name = check_diffusion_args(args)
+    name = check_diffusion_args(args, task=TASK)
     start = time.perf_counter()
     options = LDMDenoiseOptions(model=args.model, device=args.device, steps=args.steps, samples=args.samples,
                                 seed=args.seed)

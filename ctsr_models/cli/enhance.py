@@ -87,14 +87,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def check_diffusion_args(args: argparse.Namespace) -> None:
-    """Refuse diffusion options for a model of another kind, and an unusable STD_OUT, before any work.
+def check_diffusion_args(args: argparse.Namespace, task: str = "sr") -> str:
+    """Resolve the model of ``task`` (an unknown one fails before the input is read), refuse diffusion options
+    for a model of another kind, and an unusable STD_OUT, before any work; return the model's name.
 
     Raises:
         InputError: one line naming the option.
     """
+    spec = resolve_model(args.model, task=task)
     given = [name for name in ("steps", "samples", "seed", "uncertainty") if getattr(args, name) is not None]
-    if given and resolve_model(args.model).kind is not ModelKind.DIFFUSION:
+    if given and spec.kind is not ModelKind.DIFFUSION:
         raise InputError(f"--{given[0]} applies to diffusion models only (--model diffusion or a diffusion "
                          f"model's name), not to {args.model!r}")
     if args.uncertainty is not None:
@@ -102,6 +104,7 @@ def check_diffusion_args(args: argparse.Namespace) -> None:
         if Path(args.uncertainty).resolve() == Path(args.output).resolve():
             raise InputError("--uncertainty must name another file than OUT")
         check_output_path(args.uncertainty, overwrite=args.overwrite)
+    return spec.name
 
 
 def adapt_options(args: argparse.Namespace) -> AdaptOptions | None:

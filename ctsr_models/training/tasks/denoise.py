@@ -33,8 +33,9 @@ _SSIM_MIN = 11
 
 
 @dataclass
-class DenoiseDataConfig:
-    """Training data (the ``data:`` section).
+class DoseDataConfig:
+    """What the dose tasks (``denoise``, ``ldm_denoise``) share in their ``data:`` section: the sources and the
+    simulated low-dose slabs.
 
     Attributes:
         train: volume sources (``axes`` is ignored: slabs are axial; ``z_fraction`` limits the slices).
@@ -44,8 +45,6 @@ class DenoiseDataConfig:
         slabs_per_volume: axial slabs simulated per volume.
         slab_slices: slices per slab.
         noise_seed: base seed of the simulated noise.
-        in_slices: adjacent slices the network sees (odd).
-        patch_size: ``(H, W)`` voxels of a training patch.
         min_body_fraction: patches are redrawn (a few times) while less of them than this is body.
     """
 
@@ -56,8 +55,6 @@ class DenoiseDataConfig:
     slabs_per_volume: int = 3
     slab_slices: int = 7
     noise_seed: int = 0
-    in_slices: int = 3
-    patch_size: tuple[int, int] = (96, 96)
     min_body_fraction: float = 0.3
 
     def slab_settings(self, slabs_per_volume: int | None = None) -> DoseSlabSettings:
@@ -66,6 +63,22 @@ class DenoiseDataConfig:
 
     def __post_init__(self) -> None:
         self.slab_settings()
+
+
+@dataclass
+class DenoiseDataConfig(DoseDataConfig):
+    """Training data (the ``data:`` section): :class:`DoseDataConfig` and the 2.5D patches.
+
+    Attributes:
+        in_slices: adjacent slices the network sees (odd).
+        patch_size: ``(H, W)`` voxels of a training patch.
+    """
+
+    in_slices: int = 3
+    patch_size: tuple[int, int] = (96, 96)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.in_slices < 1 or self.in_slices % 2 == 0 or self.in_slices > self.slab_slices:
             raise ValueError(f"in_slices must be odd and at most slab_slices ({self.slab_slices}), got {self.in_slices}")
         if min(self.patch_size) < 1:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ctsr_models.data import VolumeSource, net_to_hu
-from ctsr_models.data.dose_pairs import DoseSlab, DoseSlabSettings, DoseTrain3DDataset, DoseVal3DDataset
+from ctsr_models.data.dose_pairs import DoseSlab, DoseTrain3DDataset, DoseVal3DDataset
 from ctsr_models.diffusion import build_scheduler
 from ctsr_models.inference import DiffusionSettings, load_network, resolve_model
 from ctsr_models.inference.ldm_denoise import sample_latent
@@ -45,44 +45,26 @@ from ctsr_models.nets import build_net
 
 from ..config import ConfigError, TrainerConfig
 from .base import Task, check_sources_and_net
-from .denoise import train_val_slabs
+from .denoise import DoseDataConfig, train_val_slabs
 from .sr import NetConfig, initial_weights
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class LDMDataConfig:
-    """Training data (the ``data:`` section): the dose-pair cache of the ``denoise`` task, cut in 3D.
+class LDMDataConfig(DoseDataConfig):
+    """Training data (the ``data:`` section): the dose-pair cache of the ``denoise`` task
+    (:class:`~ctsr_models.training.tasks.denoise.DoseDataConfig`), cut in 3D.
 
     Attributes:
-        train: volume sources (slabs are axial; ``z_fraction`` limits the slices).
-        cache_dir: decoded volumes; the simulated slabs go to its ``dose_pairs`` subfolder.
-        doses: dose fractions simulated, each in (0, 1).
-        photons: incident photons per ray of the standard-dose scans.
-        slabs_per_volume: axial slabs simulated per volume.
-        slab_slices: slices per slab (at least ``patch_size[0]``).
-        noise_seed: base seed of the simulated noise.
-        patch_size: ``(D, H, W)`` voxels of a training patch, multiples of the model's ``multiple``.
-        min_body_fraction: patches are redrawn (a few times) while less of them than this is body.
+        patch_size: ``(D, H, W)`` voxels of a training patch, multiples of the model's ``multiple``; ``D`` at
+            most ``slab_slices``.
     """
 
-    train: list[VolumeSource] = field(default_factory=list)
-    cache_dir: Path = Path(".cache/volumes")
-    doses: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
-    photons: float = 1.0e5
-    slabs_per_volume: int = 3
-    slab_slices: int = 7
-    noise_seed: int = 0
     patch_size: tuple[int, int, int] = (4, 64, 64)
-    min_body_fraction: float = 0.3
-
-    def slab_settings(self, slabs_per_volume: int | None = None) -> DoseSlabSettings:
-        return DoseSlabSettings(tuple(float(d) for d in self.doses), float(self.photons),
-                                slabs_per_volume or self.slabs_per_volume, self.slab_slices, self.noise_seed)
 
     def __post_init__(self) -> None:
-        self.slab_settings()
+        super().__post_init__()
         if min(self.patch_size) < 1 or self.patch_size[0] > self.slab_slices:
             raise ValueError(f"patch_size must be positive with depth <= slab_slices ({self.slab_slices}), "
                              f"got {list(self.patch_size)}")
