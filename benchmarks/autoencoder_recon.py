@@ -7,7 +7,9 @@ of standard-dose CT goes through ``decode(encode(x))`` in overlapping windows (M
 same slices (:func:`ctsr_models.physics.dose.simulate_low_dose` on whole slices, fixed seed, then cropped:
 what denoising starts from) is scored against the same reference. Metrics follow the project convention
 (:mod:`ctsr_models.metrics`: PSNR over [-1024, 3071] HU → [0, 1], 3D SSIM σ 1.5, MAE in HU inside the body).
-It also reports the standard deviation of the scaled latents (``encode``) of training patches, which
+With a residual autoencoder (``shortcut``) it also scores the shortcut's linear block code alone (what an
+untrained network of the same size gives: the orthonormal projection of each 2 x 2 x 2 block on its
+lowest-frequency vectors), the reference the trained networks must beat. It also reports the standard deviation of the scaled latents (``encode``) of training patches, which
 ``latent_scale`` should bring to about 1.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/autoencoder_recon.py [--model autoencoder_kl_v1 |
@@ -70,12 +72,14 @@ def load_autoencoder(model: str | None, checkpoint: str | None) -> CTAutoencoder
     return net.eval()
 
 
-def reconstruct(net: CTAutoencoder, hu: np.ndarray, roi: tuple[int, int, int]) -> np.ndarray:
-    """``decode(encode(x))`` of a ``(z, y, x)`` HU array in Gaussian-blended windows of ``roi`` voxels, HU out."""
+def reconstruct(net: CTAutoencoder, hu: np.ndarray, roi: tuple[int, int, int], linear_only: bool = False) -> np.ndarray:
+    """``decode(encode(x))`` of a ``(z, y, x)`` HU array in Gaussian-blended windows of ``roi`` voxels, HU out;
+    ``linear_only``: the shortcut's linear block code alone (``linear_image(linear_code(x))``)."""
     inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=0.25, mode="gaussian")
     x = torch.from_numpy(hu_to_net(hu))[None, None]
+    codec = (lambda t: net.linear_image(net.linear_code(t))) if linear_only else (lambda t: net.decode(net.encode(t)))
     with torch.no_grad():
-        out = inferer(x, lambda t: net.decode(net.encode(t)))
+        out = inferer(x, codec)
     return net_to_hu(out[0, 0].numpy())
 
 
@@ -136,7 +140,11 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         recon = reconstruct(net, standard, tuple(args.roi))
         log.info("%s: %s crop reconstructed in %.1f s", case.name, standard.shape, time.perf_counter() - t)
-        for label, image in (("autoencoder reconstruction", recon), (f"{DOSE:.0%} dose input", low)):
+        images = [("autoencoder reconstruction", recon), (f"{DOSE:.0%} dose input", low)]
+        if net.shortcut:
+            images.append(("linear block code alone (untrained shortcut)",
+                           reconstruct(net, standard, tuple(args.roi), linear_only=True)))
+        for label, image in images:
             p, s, m = scores(image, standard)
             rows.append(f"| {case.name} | {label} | {p:.2f} | {s:.4f} | {m:.1f} |")
     std = training_latent_std(net, Path(args.config), args.latent_patches)

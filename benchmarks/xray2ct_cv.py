@@ -56,6 +56,8 @@ PATIENTS: dict[str, tuple[str, ...]] = {
     "lung1": ("ct/pyradiomics_lung1/lung1_image.nrrd",),
     "torso": ("ct/tcia_cc_tumor_het_torso/torso_ct_2.5mm.nii.gz",),
 }
+#: the pseudo-fold that holds nobody out: the final model of a recipe, trained on every patient
+ALL = "all"
 #: patients whose volumes trained the shipped xray2ct_v1 (its model card)
 V1_SEEN = frozenset({"chest_4dct", "totalseg_chest"})
 #: the two architectures and their configs; the fold set-up overrides grid, data and schedule
@@ -72,10 +74,12 @@ def fold_split(held_out: str, patients: dict[str, tuple[str, ...]] = PATIENTS) -
     Each training patient weighs 1 in total (its volumes share it), so a patient with two crops is not
     drawn twice as often.
 
+    ``held_out`` = :data:`ALL` holds nobody out (the final model of the recipe; no test volumes).
+
     Raises:
         ValueError: unknown patient, or a volume listed under two patients.
     """
-    if held_out not in patients:
+    if held_out not in patients and held_out != ALL:
         raise ValueError(f"unknown patient {held_out!r}; known: {', '.join(patients)}")
     owners: dict[str, str] = {}
     for patient, paths in patients.items():
@@ -83,40 +87,45 @@ def fold_split(held_out: str, patients: dict[str, tuple[str, ...]] = PATIENTS) -
             if owners.setdefault(p, patient) != patient:
                 raise ValueError(f"volume {p} is listed under {owners[p]} and {patient}")
     train = [(p, 1.0 / len(paths)) for patient, paths in patients.items() if patient != held_out for p in paths]
-    return train, list(patients[held_out])
+    return train, list(patients.get(held_out, ()))
 
 
-def fold_config(model: str, held_out: str, steps: int, batch: int) -> dict[str, Any]:
-    """The resolved YAML config of one fold's training (the model's config, CV grid, fold data)."""
+def fold_config(model: str, held_out: str, steps: int, batch: int, anatomy: bool = False) -> dict[str, Any]:
+    """The resolved YAML config of one fold's training (the model's config, CV grid, fold data).
+
+    ``anatomy``: keep the config's anatomical augmentation (habitus, rotation, elastic, breathing, table,
+    contrast); it costs about twice the CPU time of a step.
+    """
     cfg = yaml.safe_load((REPO / MODELS[model]).read_text())
     train, _ = fold_split(held_out)
     cfg["data"]["train"] = [{"path": str(DATA / p), "weight": w} for p, w in train]
     cfg["data"]["val"] = []
     cfg["setup"].update(size=CV_SETUP.size, fov_mm=CV_SETUP.fov_mm, detector_px=CV_SETUP.detector_px)
     cfg["loss"]["proj_px"] = 32 if model == "xray2ct" else 16
-    # pose, centre, size and contrast augmentation stay on; the anatomical one triples the CPU cost of a
+    # pose, centre, size and contrast augmentation stay on; the anatomical one doubles the CPU cost of a
     # pair, which in a budget of a few dozen steps buys fewer, not better, samples
-    cfg["anatomy"] = None
+    if not anatomy:
+        cfg["anatomy"] = None
     if model == "xray2ct_implicit":
         cfg["loss"]["points"] = 4096
     cfg["trainer"].update(steps=steps, batch_size=batch, lr=1.0e-3, warmup_steps=max(steps // 20, 1),
-                          ema_decay=0.97, num_workers=0, log_every=max(steps // 20, 1), val_every=steps,
+                          ema_decay=max(0.97, 1.0 - 10.0 / steps), num_workers=0, log_every=max(steps // 20, 1), val_every=steps,
                           ckpt_every=max(steps // 4, 1), keep_checkpoints=1, image_panels=0, device="cpu")
     return cfg
 
 
-def train_fold(model: str, held_out: str, steps: int, batch: int) -> Path:
+def train_fold(model: str, held_out: str, steps: int, batch: int, anatomy: bool = False, out: Path = OUT) -> Path:
     """Train (or resume, or skip when finished) one model of one fold; returns its run folder."""
     from ctsr_models.training import run
 
-    folder = OUT / held_out / model
+    folder = out / held_out / model
     summary = folder / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("completed"):
         log.info("fold %s, %s: trained already", held_out, model)
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "fold_config.yaml"
-    config.write_text(yaml.safe_dump(fold_config(model, held_out, steps, batch), sort_keys=False))
+    config.write_text(yaml.safe_dump(fold_config(model, held_out, steps, batch, anatomy), sort_keys=False))
     last = folder / "checkpoints" / "last.pt"
     t0 = time.perf_counter()
     run("xray2ct", config=None if last.is_file() else config, out=folder, resume=last if last.is_file() else None)
@@ -168,14 +177,15 @@ def _timed(net: torch.nn.Module, setup: XraySetup, name: str, pair: dict, steps:
     return result.volume.array, time.perf_counter() - t0, result.consistency
 
 
-def score_fold(held_out: str, refine_steps: int, hires: int | None) -> dict[str, Any]:
+def score_fold(held_out: str, refine_steps: int, hires: int | None, models: tuple[str, ...] = tuple(MODELS),
+               out: Path = OUT) -> dict[str, Any]:
     """Score every method on each held-out volume; mid-slices for the figures go to ``slices.npz``."""
     setup = CV_SETUP
     mean_hu, (slope, intercept) = fold_baselines(held_out, setup)
     v1 = resolve_model("xray2ct_v1", task="xray2ct")
     nets = {"xray2ct_v1": (load_network(v1, torch.device("cpu")), model_setup(v1))}
-    for model in MODELS:
-        nets[f"{model} (fold)"] = fold_network(OUT / held_out / model)
+    for model in models:
+        nets[f"{model} (fold)"] = fold_network(out / held_out / model)
     rows, slices = [], {}
     for path in fold_split(held_out)[1]:
         case = Path(path).name
@@ -201,9 +211,9 @@ def score_fold(held_out: str, refine_steps: int, hires: int | None) -> dict[str,
         slices.update({f"{case}|{k}|axial": v[0][mid] for k, v in methods.items()})
         slices[f"{case}|truth|coronal"] = pair["truth_hu"][::-1, mid, :]
         slices[f"{case}|truth|axial"] = pair["truth_hu"][mid]
-        if hires and held_out == HIRES_PATIENT:
+        if hires and held_out == HIRES_PATIENT and "xray2ct_implicit" in models:
             rows += _hires_rows(held_out, path, nets["xray2ct_implicit (fold)"][0], refine_steps, hires, slices)
-    np.savez_compressed(OUT / held_out / "slices.npz", **{k: np.asarray(v, np.float32) for k, v in slices.items()})
+    np.savez_compressed(out / held_out / "slices.npz", **{k: np.asarray(v, np.float32) for k, v in slices.items()})
     return {"held_out": held_out, "rows": rows}
 
 
@@ -225,19 +235,21 @@ def _hires_rows(held_out: str, path: str, net: torch.nn.Module, refine_steps: in
     return rows
 
 
-def run_cv(steps: int, batch: int, refine_steps: int, hires: int | None, patients: list[str] | None = None) -> list[dict]:
+def run_cv(steps: int, batch: int, refine_steps: int, hires: int | None, patients: list[str] | None = None,
+           models: tuple[str, ...] = tuple(MODELS), anatomy: bool = False, out: Path = OUT) -> list[dict]:
     """Train and score every fold (resumable); returns every row of every fold."""
     rows = []
     for held_out in patients or list(PATIENTS):
-        for model in MODELS:
-            train_fold(model, held_out, steps, batch)
-        out = OUT / held_out / "scores.json"
-        if not out.is_file():
+        for model in models:
+            train_fold(model, held_out, steps, batch, anatomy, out)
+        scores_json = out / held_out / "scores.json"
+        if not scores_json.is_file():
             t0 = time.perf_counter()
-            result = score_fold(held_out, refine_steps, hires)
-            result.update(steps=steps, batch=batch, refine_steps=refine_steps, score_seconds=time.perf_counter() - t0)
-            out.write_text(json.dumps(result, indent=1))
-        rows += json.loads(out.read_text())["rows"]
+            result = score_fold(held_out, refine_steps, hires, models, out)
+            result.update(steps=steps, batch=batch, refine_steps=refine_steps, anatomy=anatomy, models=list(models),
+                          score_seconds=time.perf_counter() - t0)
+            scores_json.write_text(json.dumps(result, indent=1))
+        rows += json.loads(scores_json.read_text())["rows"]
     return rows
 
 
@@ -249,12 +261,22 @@ def main() -> None:
     parser.add_argument("--hires", type=int, default=128,
                         help=f"also score the implicit model of the {HIRES_PATIENT} fold at this grid (0: no)")
     parser.add_argument("--patients", nargs="*", choices=list(PATIENTS), help="folds to run (default all)")
+    parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS), help="architectures to train per fold")
+    parser.add_argument("--anatomy", action="store_true", help="anatomical augmentation on (about 2x the CPU time per step)")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of the fold runs and scores")
+    parser.add_argument("--final", action="store_true",
+                        help=f"instead of the folds, train the recipe on every patient (folder {ALL}/)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    rows = run_cv(args.steps, args.batch, args.refine_steps, args.hires or None, args.patients)
-    log.info("%d rows in %s", len(rows), OUT)
+    if args.final:
+        for model in args.models:
+            train_fold(model, ALL, args.steps, args.batch, args.anatomy, args.out)
+        return
+    rows = run_cv(args.steps, args.batch, args.refine_steps, args.hires or None, args.patients, tuple(args.models),
+                  args.anatomy, args.out)
+    log.info("%d rows in %s", len(rows), args.out)
 
 
 if __name__ == "__main__":

@@ -155,3 +155,50 @@ def test_shipped_autoencoder_loads_checked_and_reconstructs_held_out_ct():
     assert z.shape == (1, 4, 8, 48, 48)
     assert 0.5 < float(z.std()) < 2.0  # 0.70 on this head crop; 0.98 on training patches (card)
     assert psnr(recon, hu) > 33.0  # 36.5 dB measured on this 16 x 96 x 96 crop (32.06 dB on the card's larger one)
+
+
+# ------------------------------------------------------------------------------ residual shortcut
+def _numpy_block_projection(x: np.ndarray, rows: int) -> np.ndarray:
+    """Projection of every 2x2x2 block on the first ``rows`` 3D Haar vectors, written independently with numpy:
+    the block mean, then the differences along x, y and z (each vector +-1/sqrt(8))."""
+    b, c, z, y, x_ = x.shape
+    blocks = x.reshape(b, c, z // 2, 2, y // 2, 2, x_ // 2, 2)
+    signs = [np.ones((2, 2, 2)),
+             np.broadcast_to(np.array([1, -1])[None, None, :], (2, 2, 2)),
+             np.broadcast_to(np.array([1, -1])[None, :, None], (2, 2, 2)),
+             np.broadcast_to(np.array([1, -1])[:, None, None], (2, 2, 2))][:rows]
+    out = np.zeros_like(blocks)
+    for s in signs:
+        v = s / np.sqrt(8.0)
+        coeff = np.einsum("bcziyjxk,ijk->bczyx", blocks, v)
+        out += np.einsum("bczyx,ijk->bcziyjxk", coeff, v)
+    return out.reshape(x.shape)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_untrained_shortcut_reconstructs_the_haar_projection(rows):
+    torch.manual_seed(0)
+    ae = CTAutoencoder(channels=(8, 16), latent_channels=rows, norm_num_groups=4, shortcut=True).eval()
+    x = torch.randn(2, 1, 8, 12, 16)
+    recon = ae(x, sample=False)[0].detach().double().numpy()
+    np.testing.assert_allclose(recon, _numpy_block_projection(x.double().numpy(), rows), atol=1e-5)
+    # the latent is the block code itself: channel 0 = block mean * sqrt(8)
+    mean = x.reshape(2, 1, 4, 2, 6, 2, 8, 2).mean(dim=(3, 5, 7))
+    torch.testing.assert_close(ae.encode(x)[:, :1], mean * np.sqrt(8.0), atol=1e-5, rtol=0)
+
+
+def test_shortcut_with_all_eight_channels_is_lossless_and_more_are_refused():
+    ae = CTAutoencoder(channels=(8, 16), latent_channels=8, norm_num_groups=4, shortcut=True).eval()
+    x = torch.randn(1, 1, 4, 8, 8)
+    torch.testing.assert_close(ae.decode(ae.encode(x)), x, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="at most"):
+        CTAutoencoder(channels=(8, 16), latent_channels=9, norm_num_groups=4, shortcut=True)
+
+
+def test_shortcut_basis_is_orthonormal_and_generalises_to_factor_four():
+    from ctsr_models.nets.autoencoder import block_basis
+
+    for factor, rows in ((2, 8), (4, 10)):
+        b = block_basis(factor, rows).astype(np.float64)
+        np.testing.assert_allclose(b @ b.T, np.eye(rows), atol=1e-6)
+        np.testing.assert_allclose(b[0], np.full(factor ** 3, factor ** -1.5), atol=1e-7)

@@ -23,7 +23,7 @@ from ctsr_models.training import load_checkpoint
 from ctsr_models.training.tasks.xray2ct import sample_points
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from xray2ct_cv import PATIENTS, fold_split  # noqa: E402
+from xray2ct_cv import ALL, PATIENTS, fold_config, fold_split  # noqa: E402
 
 SMOKE = REPO / "train" / "configs" / "xray2ct_implicit_smoke.yaml"
 SMALL = {"size": 16, "detector_px": 16, "features_2d": (4, 8), "hidden": (8, 8), "frequencies": 2}
@@ -162,3 +162,40 @@ def test_cv_split_never_trains_on_the_held_out_patient():
         fold_split("nobody")
     with pytest.raises(ValueError, match="listed under"):
         fold_split("a", {"a": ("x.nii",), "b": ("x.nii",)})
+    # the final model of the recipe holds nobody out
+    train, test = fold_split(ALL)
+    assert test == [] and sorted(p for p, _ in train) == sorted(every)
+    assert sum(w for _, w in train) == pytest.approx(len(PATIENTS))
+
+
+def test_fold_config_keeps_the_anatomical_augmentation_only_when_asked():
+    with_anatomy = fold_config("xray2ct_implicit", "lung1", 600, 2, anatomy=True)
+    without = fold_config("xray2ct_implicit", "lung1", 600, 2)
+    assert without["anatomy"] is None and with_anatomy["anatomy"]["p_elastic"] > 0
+    assert not any("lung1" in d["path"] for d in with_anatomy["data"]["train"])
+    assert with_anatomy["trainer"]["steps"] == 600 and with_anatomy["trainer"]["ema_decay"] == pytest.approx(1 - 10 / 600)
+
+
+def test_refinement_projects_a_box_averaged_copy_on_the_same_cube():
+    from ctsr_models.inference.xray2ct import coarse_volume
+    from ctsr_models.physics import ProjectionGeometry, VolumeGrid, hu_to_mu, project
+
+    grid = VolumeGrid.centred((64, 64, 64), 2.5, centre=(3.0, -7.0, 11.0))
+    # an ellipsoid of water in air, HU
+    c = grid.voxel_centres() - np.array([3.0, -7.0, 11.0])
+    hu = np.where((c[..., 0] / 60) ** 2 + (c[..., 1] / 45) ** 2 + (c[..., 2] / 70) ** 2 <= 1, 0.0, -1000.0)
+    vol = torch.from_numpy(hu.astype(np.float32))
+    small, small_grid = coarse_volume(vol, grid, 32)
+    assert small.shape == (32, 32, 32) and small_grid.spacing == (5.0, 5.0, 5.0)
+    # each coarse centre is the mean of its 2x2x2 fine centres (independent of the origin formula)
+    fine = grid.voxel_centres().reshape(32, 2, 32, 2, 32, 2, 3).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(small_grid.voxel_centres(), fine, atol=1e-9)
+    torch.testing.assert_close(small[3, 4, 5], vol[6:8, 8:10, 10:12].mean())
+    # the line integrals agree to 2 % on average (a coarse grid shifted by half a fine voxel, 1.25 mm: 5 %)
+    geoms = [ProjectionGeometry.standard(v, shape=(48, 48), pixel_mm=5.0, isocentre=(3.0, -7.0, 11.0)) for v in ("pa", "ll")]
+    full = project(hu_to_mu(vol)[None, None].expand(2, 1, 64, 64, 64), grid, geoms, step_mm=2.5)
+    half = project(hu_to_mu(small)[None, None].expand(2, 1, 32, 32, 32), small_grid, geoms, step_mm=5.0)
+    assert float((full - half).abs().mean() / full.abs().mean()) < 0.03
+    # no reduction when the volume is already small enough
+    same, same_grid = coarse_volume(vol, grid, 64)
+    assert same is vol and same_grid == grid

@@ -61,6 +61,9 @@ class XrayOptions:
         refine_lr_hu: step size of the refinement (Adam), HU.
         refine_detector_px: detector pixels per side of the projections used while refining.
         refine_coarse: voxels per side of the (smooth) correction the refinement optimises.
+        refine_grid: voxels per side of the volume the refinement projects: a larger output grid is
+            box-averaged to it (by an integer factor) while the correction is optimised, then the correction is
+            applied at full size, so refining a 128³ output costs what refining a 64³ one does.
         check_pair: refuse impossible pairs first (:func:`~ctsr_models.inference.xray_pair_check.check_pair`);
             ``False`` only for research use.
         output_size: output voxels per axis over the model's ``fov_mm`` (``None``: the model's ``size``);
@@ -73,6 +76,7 @@ class XrayOptions:
     refine_lr_hu: float = 20.0
     refine_detector_px: int = 64
     refine_coarse: int = 32
+    refine_grid: int = 64
     check_pair: bool = True
     output_size: int | None = None
 
@@ -168,6 +172,21 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"frontal": round(values[0], 2), "lateral": round(values[1], 2), "mean": round(float(np.mean(values)), 2)}
 
 
+def coarse_volume(volume_hu: torch.Tensor, grid: VolumeGrid, size: int) -> tuple[torch.Tensor, VolumeGrid]:
+    """``volume_hu`` box-averaged by the largest integer factor ``f`` with ``shape / f >= size`` that divides every
+    side, and its grid (same cube: spacing ``f`` times, first centre the mean of the first ``f`` ones); ``f = 1``
+    returns both unchanged."""
+    factor = max(1, min(volume_hu.shape) // max(size, 1))
+    while factor > 1 and any(n % factor for n in volume_hu.shape):
+        factor -= 1
+    if factor == 1:
+        return volume_hu, grid
+    pooled = F.avg_pool3d(volume_hu[None, None], factor)[0, 0]
+    d = np.asarray(grid.direction, dtype=np.float64).reshape(3, 3)
+    origin = np.asarray(grid.origin) + d @ (np.asarray(grid.spacing) * (factor - 1) / 2)
+    return pooled, VolumeGrid(tuple(pooled.shape), tuple(s * factor for s in grid.spacing), tuple(origin), grid.direction)
+
+
 def refine(volume_hu: torch.Tensor, grid: VolumeGrid, geometries: Sequence[ProjectionGeometry],
            inputs: torch.Tensor, options: XrayOptions) -> torch.Tensor:
     """Adjust the volume so its projections match the inputs (see the module docstring).
@@ -175,7 +194,9 @@ def refine(volume_hu: torch.Tensor, grid: VolumeGrid, geometries: Sequence[Proje
     The correction is a ``refine_coarse``³ field (smooth after trilinear upsampling), optimised with
     Adam on the squared distance of the normalised projections at ``refine_detector_px``. While it
     runs, attenuation follows HU linearly even below air (no clipping, so every voxel keeps a
-    gradient); the result is clipped to [-1000, 3071] HU.
+    gradient); the result is clipped to [-1000, 3071] HU. The projections are taken of the volume
+    box-averaged to about ``refine_grid`` voxels per side (:func:`coarse_volume`); the correction covers the
+    same cube either way, so it is applied to the full-size volume unchanged.
     """
     px = options.refine_detector_px
     small = [g.resized((px, px)) for g in geometries]
@@ -183,14 +204,15 @@ def refine(volume_hu: torch.Tensor, grid: VolumeGrid, geometries: Sequence[Proje
     n = options.refine_coarse
     delta = torch.zeros((1, 1, n, n, n), device=volume_hu.device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=options.refine_lr_hu)
-    step = max(grid.spacing)
+    work, work_grid = coarse_volume(volume_hu, grid, options.refine_grid)
+    step = max(work_grid.spacing)
     slope = (MU_WATER_PER_MM - MU_AIR_PER_MM) / 1000.0
     for _ in range(options.refine_steps):
         opt.zero_grad()
-        up = F.interpolate(delta, size=tuple(volume_hu.shape), mode="trilinear", align_corners=False)[0, 0]
-        mu = MU_WATER_PER_MM + (volume_hu + up) * slope
-        proj = normalize_xray_torch(project(mu[None, None].expand(len(small), 1, *mu.shape), grid, small, step_mm=step),
-                                    clip=False)
+        up = F.interpolate(delta, size=tuple(work.shape), mode="trilinear", align_corners=False)[0, 0]
+        mu = MU_WATER_PER_MM + (work + up) * slope
+        proj = normalize_xray_torch(project(mu[None, None].expand(len(small), 1, *mu.shape), work_grid, small,
+                                            step_mm=step), clip=False)
         loss = ((proj - target) ** 2).mean()
         loss.backward()
         opt.step()
