@@ -391,6 +391,9 @@ def targets(rows: list[dict], timing: dict[str, tuple[float, float, float]], n_s
         lines.append(f"- {name}: {n_slices} whole 512x512 slices in {seconds:.1f} s, so 512x512x100 in about "
                      f"{minutes:.1f} min (5 min: {_verdict(minutes <= 5)}); process peak {peak:.0f} MB (8 GB: "
                      f"{_verdict(peak <= 8192)})")
+    untimed = [m for m in dict.fromkeys(r["method"] for r in rows if r.get("kind") == "diffusion") if m not in timing]
+    lines += [f"- {name}: not timed on whole slices in this run (`--quick` times the regression models only)"
+              for name in untimed]
     return lines
 
 
@@ -486,7 +489,9 @@ def main(argv: list[str] | None = None) -> None:
     results = [run_prepared(p, table) for p in prepared]
     rows = [row for case_rows, _ in results for row in case_rows]
     whole = dataclasses.replace(prepared[0], low=prepared[0].full_low)  # the runtime target's 512x512 slices
-    timing = {name: measured(lambda m=m: m.run(whole))[1:] for name, m in table.items() if m.kind in MODEL_KINDS}
+    # a --quick run times the regression models only (a diffusion model takes about 25 s per whole slice on the CPU)
+    timed = ("regression",) if args.quick else MODEL_KINDS
+    timing = {name: measured(lambda m=m: m.run(whole))[1:] for name, m in table.items() if m.kind in timed}
     figure(results[0][1], prepared[0], args.fig)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -40,6 +40,9 @@ def test_quick_run_writes_only_its_own_paths(quick_run: tuple[Path, list[dict], 
     text = (out / "bench.md").read_text()
     assert text.count("<!-- denoise_benchmark:start -->") == 1 and "<!-- denoise_benchmark:end -->" in text
     assert "](fig.png)" in text and "--quick" in text and "- denoise_unet_v1: 4 whole 512x512 slices in" in text
+    for name, spec in read_manifest(task="denoise")[0].items():  # diffusion models are timed by the full run only
+        if spec.kind.value == "diffusion":
+            assert f"- {name} (1 sample): not timed on whole slices in this run" in text
     assert (out / "fig.png").stat().st_size > 20_000
     assert list((out / "cache").glob("*.npy"))  # the simulated low dose is kept for a rerun
 

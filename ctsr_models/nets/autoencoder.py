@@ -226,9 +226,9 @@ def block_basis(factor: int, rows: int, in_channels: int = 1) -> np.ndarray:
     """The ``rows`` lowest-frequency rows of the separable orthonormal DCT-II of ``factor³`` blocks.
 
     Rows are ordered by the sum of the three frequency indices (then lexicographically), so for ``factor = 2``
-    the first four are the block mean and the first-order differences along x, y and z (3D Haar). With several input
-    channels the basis is repeated per channel (row ``r`` of channel ``c`` is row ``c * n + r`` of the
-    result's block-diagonal, taking rows channel by channel).
+    the first four are the block mean and the first-order differences along x, y and z (3D Haar). With several
+    input channels each row acts on one channel, and rows are taken frequency by frequency across the channels
+    (all channels' block means first).
 
     Returns:
         ``(rows, in_channels * factor**3)`` float32 with orthonormal rows.
