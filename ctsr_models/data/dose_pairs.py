@@ -190,7 +190,40 @@ def _check(slabs: Sequence[DoseSlab], in_slices: int, size: tuple[int, int]) -> 
     return shape
 
 
-class DoseTrainDataset(Dataset):
+class _RandomSlabPatches(Dataset):
+    """What the 2.5D and 3D training sets share: an endless index, and item ``i`` starts from the generator
+    ``(seed, rank, i)``, which draws a slab (by weight) and then one of its doses."""
+
+    def __init__(self, slabs: Sequence[DoseSlab], seed: int, rank: int, min_body_fraction: float) -> None:
+        self.slabs, self.seed, self.rank, self.min_body = list(slabs), seed, rank, min_body_fraction
+        weights = np.array([s.weight for s in self.slabs], dtype=np.float64)
+        self.p = weights / weights.sum()
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def _slab_and_dose(self, index: int) -> tuple[np.random.Generator, DoseSlab, float]:
+        rng = np.random.default_rng([self.seed, self.rank, index])
+        slab = self.slabs[int(rng.choice(len(self.slabs), p=self.p))]
+        return rng, slab, float(rng.choice(sorted(slab.low)))
+
+
+def _draw2d(rng: np.random.Generator, slab: DoseSlab, in_slices: int, size: tuple[int, int],
+            min_body: float) -> tuple[int, int, int]:
+    """A centre slice and crop position ``(centre, y, x)`` in ``slab``, redrawn a few times while the crop of
+    the centre slice holds too little body."""
+    d, h, w = slab.load().shape
+    r = in_slices // 2
+    centre = int(rng.integers(r, d - r))
+    std = slab.load()[centre]
+    for _ in range(_BODY_TRIES):
+        y, x = int(rng.integers(0, h - size[0] + 1)), int(rng.integers(0, w - size[1] + 1))
+        if (std[y:y + size[0], x:x + size[1]] > BODY_HU).mean() >= min_body:
+            break
+    return centre, y, x
+
+
+class DoseTrainDataset(_RandomSlabPatches):
     """Random 2.5D patches: item ``i`` is fixed by ``(seed, rank, i)`` (slab, dose, slice, crop, flips).
 
     Args:
@@ -204,27 +237,13 @@ class DoseTrainDataset(Dataset):
 
     def __init__(self, slabs: Sequence[DoseSlab], patch_size: Sequence[int], in_slices: int, seed: int, rank: int,
                  min_body_fraction: float = 0.2) -> None:
-        self.slabs, self.size, self.in_slices = list(slabs), (int(patch_size[0]), int(patch_size[1])), in_slices
-        self.seed, self.rank, self.min_body = seed, rank, min_body_fraction
-        _check(self.slabs, in_slices, self.size)
-        weights = np.array([s.weight for s in self.slabs], dtype=np.float64)
-        self.p = weights / weights.sum()
-
-    def __len__(self) -> int:
-        return 2**31 - 1
+        self.size, self.in_slices = (int(patch_size[0]), int(patch_size[1])), in_slices
+        _check(list(slabs), in_slices, self.size)
+        super().__init__(slabs, seed, rank, min_body_fraction)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, index])
-        slab = self.slabs[int(rng.choice(len(self.slabs), p=self.p))]
-        dose = float(rng.choice(sorted(slab.low)))
-        d, h, w = slab.load().shape
-        r = self.in_slices // 2
-        centre = int(rng.integers(r, d - r))
-        std = slab.load()[centre]
-        for _ in range(_BODY_TRIES):
-            y, x = int(rng.integers(0, h - self.size[0] + 1)), int(rng.integers(0, w - self.size[1] + 1))
-            if (std[y:y + self.size[0], x:x + self.size[1]] > BODY_HU).mean() >= self.min_body:
-                break
+        rng, slab, dose = self._slab_and_dose(index)
+        centre, y, x = _draw2d(rng, slab, self.in_slices, self.size, self.min_body)
         flips = (bool(rng.integers(2)), bool(rng.integers(2)))
         return _cut(slab, dose, centre, self.in_slices, y, x, self.size, flips)
 
@@ -239,26 +258,18 @@ class DoseValDataset(Dataset):
         patch_size: ``(H, W)`` voxels.
         in_slices: adjacent low-dose slices in.
         seed: seed of the positions.
+        min_body_fraction: as for training.
     """
 
     def __init__(self, slabs: Sequence[DoseSlab], n_samples: int, patch_size: Sequence[int], in_slices: int,
-                 seed: int) -> None:
+                 seed: int, min_body_fraction: float = 0.2) -> None:
         size = (int(patch_size[0]), int(patch_size[1]))
         _check(slabs, in_slices, size)
-        train_like = DoseTrainDataset(slabs, size, in_slices, seed, rank=0)
         self.items = []
         doses = sorted(slabs[0].low)
         for i in range(n_samples):
-            rng = np.random.default_rng([seed, i])
             slab = slabs[i % len(slabs)]
-            d, h, w = slab.load().shape
-            r = in_slices // 2
-            centre = int(rng.integers(r, d - r))
-            std = slab.load()[centre]
-            for _ in range(_BODY_TRIES):
-                y, x = int(rng.integers(0, h - size[0] + 1)), int(rng.integers(0, w - size[1] + 1))
-                if (std[y:y + size[0], x:x + size[1]] > BODY_HU).mean() >= train_like.min_body:
-                    break
+            centre, y, x = _draw2d(np.random.default_rng([seed, i]), slab, in_slices, size, min_body_fraction)
             self.items.append((slab, doses[i % len(doses)], centre, y, x))
         self.size, self.in_slices = size, in_slices
 
@@ -298,7 +309,7 @@ def _draw3d(rng: np.random.Generator, slab: DoseSlab, size: tuple[int, int, int]
     return z, y, x
 
 
-class DoseTrain3DDataset(Dataset):
+class DoseTrain3DDataset(_RandomSlabPatches):
     """Random 3D patches of the same slabs: ``input`` (low dose) and ``target`` (standard dose), each
     ``(1, D, H, W)`` network scale; item ``i`` is fixed by ``(seed, rank, i)`` (slab, dose, crop, flips).
 
@@ -312,19 +323,12 @@ class DoseTrain3DDataset(Dataset):
 
     def __init__(self, slabs: Sequence[DoseSlab], patch_size: Sequence[int], seed: int, rank: int,
                  min_body_fraction: float = 0.2) -> None:
-        self.slabs, self.size = list(slabs), (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
-        self.seed, self.rank, self.min_body = seed, rank, min_body_fraction
-        _check(self.slabs, self.size[0], self.size[1:])
-        weights = np.array([s.weight for s in self.slabs], dtype=np.float64)
-        self.p = weights / weights.sum()
-
-    def __len__(self) -> int:
-        return 2**31 - 1
+        self.size = (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
+        _check(list(slabs), self.size[0], self.size[1:])
+        super().__init__(slabs, seed, rank, min_body_fraction)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.rank, index])
-        slab = self.slabs[int(rng.choice(len(self.slabs), p=self.p))]
-        dose = float(rng.choice(sorted(slab.low)))
+        rng, slab, dose = self._slab_and_dose(index)
         z, y, x = _draw3d(rng, slab, self.size, self.min_body)
         flips = (bool(rng.integers(2)), bool(rng.integers(2)))
         return _cut3d(slab, dose, z, y, x, self.size, flips)
